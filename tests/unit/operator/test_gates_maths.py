@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -236,7 +237,7 @@ def _canary(**overrides: object) -> RevisionWindow:
     return RevisionWindow(**base)  # type: ignore[arg-type]
 
 
-def _thresholds(**overrides: object) -> GateThresholds:
+def _thresholds(**overrides: Any) -> GateThresholds:
     base = GateThresholds.from_spec(CONTRACT_ANALYSIS)
     return dataclasses.replace(base, **overrides)
 
