@@ -1,0 +1,331 @@
+"""Metric sources of the canary analysis: the serving pods' /metrics, or the Prometheus API.
+
+Both reduce what they read to one `gates.RevisionWindow` per revision and let
+`gates.evaluate` judge; the maths lives in `roost_operator.gates`. A source never raises for an
+unreachable pod or Prometheus: the analysis is then inconclusive with a message saying why, so
+the step waits instead of rolling back on a monitoring outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from roost_operator.gates import (
+    AnalysisResult,
+    GateThresholds,
+    RevisionWindow,
+    Scrape,
+    SeriesKey,
+    counter_deltas,
+    evaluate,
+    inconclusive,
+    parse_exposition,
+    weighted_feature_psi,
+    window_from_samples,
+)
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A serving pod to scrape: its uid tells a replaced pod from the one before it."""
+
+    name: str
+    uid: str
+    ip: str
+    port: int = 8080
+
+    @property
+    def metrics_url(self) -> str:
+        """`http://<podIP>:<port>/metrics`."""
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}/metrics"
+
+
+class AnalysisSource(Protocol):
+    """What the operator calls every `spec.rollout.analysis.interval` while a step runs."""
+
+    async def analyse(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        canary_revision: str,
+        stable_revision: str,
+        canary_pods: Sequence[PodTarget],
+        stable_pods: Sequence[PodTarget],
+        window_seconds: float,
+        thresholds: GateThresholds,
+        now: datetime,
+    ) -> AnalysisResult:
+        """Judge the canary over the last window."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class PodsSource:
+    """Scrapes the canary and stable pods directly and works on deltas between scrapes.
+
+    The previous scrape of each pod is kept in memory, keyed by (namespace, ModelDeployment,
+    pod uid); the window is therefore the time since the previous `analyse` call, and
+    `window_seconds` is not used. After an operator restart the first analysis only records a
+    baseline and is inconclusive: deltas need two scrapes.
+    """
+
+    def __init__(self, *, timeout_seconds: float = 2.0) -> None:
+        # Short timeouts: a hung pod must not delay the analysis of every other rollout.
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+        self._previous: dict[tuple[str, str, str], Scrape] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the baselines of one ModelDeployment (deleted, or its rollout ended)."""
+        for key in [k for k in self._previous if k[:2] == (namespace, name)]:
+            del self._previous[key]
+
+    async def _scrape(self, pod: PodTarget) -> Scrape | str:
+        try:
+            async with self._client().get(pod.metrics_url) as response:
+                if response.status != 200:
+                    return f"HTTP {response.status}"
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return f"{type(e).__name__}: {e}".rstrip(": ")
+        try:
+            return parse_exposition(text)
+        except ValueError as e:
+            return f"unparsable /metrics: {e}"
+
+    async def analyse(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        canary_revision: str,
+        stable_revision: str,
+        canary_pods: Sequence[PodTarget],
+        stable_pods: Sequence[PodTarget],
+        window_seconds: float,
+        thresholds: GateThresholds,
+        now: datetime,
+    ) -> AnalysisResult:
+        """Scrape every pod once, compare with the previous scrape and evaluate the gates."""
+        pods = [*canary_pods, *stable_pods]
+        scrapes = await asyncio.gather(*(self._scrape(p) for p in pods))
+        notes: list[str] = []
+        deltas: dict[str, dict[SeriesKey, float]] = {}
+        gauges: dict[str, Mapping[SeriesKey, float]] = {}
+        for pod, scrape in zip(pods, scrapes, strict=True):
+            key = (namespace, name, pod.uid)
+            if isinstance(scrape, str):
+                # Keep the old baseline: the next good scrape then spans both intervals.
+                notes.append(f"pod {pod.name} not scraped ({scrape})")
+                continue
+            gauges[pod.uid] = scrape.gauges
+            previous = self._previous.get(key)
+            self._previous[key] = scrape
+            if previous is None:
+                continue
+            deltas[pod.uid], reset = counter_deltas(previous, scrape)
+            if reset:
+                notes.append(f"pod {pod.name} restarted; its counters count from zero")
+        # Pods that are gone (scaled down, replaced, promoted away) keep no baseline.
+        alive = {p.uid for p in pods}
+        for key in [k for k in self._previous if k[:2] == (namespace, name) and k[2] not in alive]:
+            del self._previous[key]
+
+        canary_deltas = [deltas[p.uid] for p in canary_pods if p.uid in deltas]
+        if not canary_deltas:
+            reason = (
+                "no canary pods"
+                if not canary_pods
+                else "collecting baseline (first scrape of the canary pods)"
+            )
+            return inconclusive(now, "; ".join([reason, *notes]))
+        canary = window_from_samples(
+            canary_deltas, [gauges[p.uid] for p in canary_pods if p.uid in gauges]
+        )
+        stable_deltas = [deltas[p.uid] for p in stable_pods if p.uid in deltas]
+        stable = (
+            window_from_samples(
+                stable_deltas, [gauges[p.uid] for p in stable_pods if p.uid in gauges]
+            )
+            if stable_deltas
+            else None
+        )
+        return evaluate(canary, stable, thresholds, now, notes)
+
+
+class PrometheusError(Exception):
+    """A PromQL query failed (unreachable server, HTTP error, or an error answer)."""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class PrometheusSource:
+    """Runs PromQL over the Prometheus HTTP API (`/api/v1/query`).
+
+    Series are selected by the target labels `namespace` and `pod` that roost's scrape config
+    adds, and the serving labels `model` (the ModelDeployment's name) and `revision`. The
+    window is `max(window_seconds, min_window_seconds)`: `increase()` and `rate()` need at
+    least two scrapes inside it, so a window shorter than two scrape intervals sees nothing.
+    """
+
+    def __init__(
+        self, url: str, *, timeout_seconds: float = 5.0, min_window_seconds: float = 30.0
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.min_window_seconds = min_window_seconds
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def query(self, promql: str, at: datetime) -> list[tuple[dict[str, str], float]]:
+        """Evaluate an instant query at `at`; (labels, value) per series of the vector."""
+        params = {"query": promql, "time": f"{at.timestamp():.3f}"}
+        try:
+            async with self._client().get(f"{self.url}/api/v1/query", params=params) as r:
+                body: Any = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise PrometheusError(f"{type(e).__name__}: {e}") from e
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error") if isinstance(body, dict) else body
+            raise PrometheusError(f"query {promql!r} failed: {error}")
+        data = body["data"]
+        if data.get("resultType") == "scalar":
+            return [({}, float(data["result"][1]))]
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    async def revision_window(
+        self, namespace: str, name: str, revision: str, window_seconds: float, at: datetime
+    ) -> RevisionWindow:
+        """Read what one revision did in the window ending at `at`."""
+        sel = (
+            f'namespace="{_escape(namespace)}",model="{_escape(name)}",'
+            f'revision="{_escape(revision)}"'
+        )
+        w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
+        requests, p99, predictions, psi, rows = await asyncio.gather(
+            self.query(f"sum by (code) (increase(roost_requests_total{{{sel}}}[{w}]))", at),
+            self.query(
+                "histogram_quantile(0.99, sum by (le) "
+                f"(rate(roost_request_duration_seconds_bucket{{{sel}}}[{w}])))",
+                at,
+            ),
+            self.query(f"sum by (bin) (increase(roost_predictions_total{{{sel}}}[{w}]))", at),
+            self.query(f"roost_feature_psi{{{sel}}}", at),
+            self.query(f"roost_drift_window_rows{{{sel}}}", at),
+        )
+        # Drift gauges are weighted per pod exactly as the pods source does it.
+        per_pod: dict[str, dict[str, float]] = {}
+        for labels, value in psi:
+            pod = labels.get("pod") or labels.get("instance", "")
+            per_pod.setdefault(pod, {})[labels.get("feature", "")] = value
+        rows_by_pod: dict[str, float] = {}
+        for labels, value in rows:
+            pod = labels.get("pod") or labels.get("instance", "")
+            rows_by_pod[pod] = rows_by_pod.get(pod, 0.0) + value
+        p99_value = p99[0][1] if p99 else math.nan
+        return RevisionWindow(
+            requests={labels.get("code", ""): v for labels, v in requests if math.isfinite(v)},
+            p99_seconds=p99_value if math.isfinite(p99_value) else None,
+            predictions={labels.get("bin", ""): v for labels, v in predictions},
+            feature_psi=weighted_feature_psi(
+                [(features, rows_by_pod.get(pod, 0.0)) for pod, features in per_pod.items()]
+            ),
+            drift_rows=sum(rows_by_pod.values()),
+        )
+
+    async def analyse(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        canary_revision: str,
+        stable_revision: str,
+        canary_pods: Sequence[PodTarget],
+        stable_pods: Sequence[PodTarget],
+        window_seconds: float,
+        thresholds: GateThresholds,
+        now: datetime,
+    ) -> AnalysisResult:
+        """Query both revisions over the same window and evaluate the gates.
+
+        The pod lists are not needed: Prometheus already knows the pods by their labels.
+        """
+        try:
+            canary, stable = await asyncio.gather(
+                self.revision_window(namespace, name, canary_revision, window_seconds, now),
+                self.revision_window(namespace, name, stable_revision, window_seconds, now),
+            )
+        except PrometheusError as e:
+            return inconclusive(now, f"prometheus at {self.url}: {e}")
+        return evaluate(canary, stable if stable.total_requests > 0 else None, thresholds, now)
+
+
+class AnalysisSources:
+    """One pods source and one Prometheus source per URL, shared by all ModelDeployments.
+
+    Sharing keeps the pods source's baselines across analyses and one connection pool per
+    Prometheus server.
+    """
+
+    def __init__(self, *, pods_timeout_seconds: float = 2.0) -> None:
+        self.pods = PodsSource(timeout_seconds=pods_timeout_seconds)
+        self._prometheus: dict[str, PrometheusSource] = {}
+
+    def for_spec(self, analysis: Mapping[str, Any] | None) -> AnalysisSource:
+        """The source `spec.rollout.analysis` asks for (`pods` when unset)."""
+        analysis = analysis or {}
+        if analysis.get("source", "pods") != "prometheus":
+            return self.pods
+        url = str(analysis.get("prometheusUrl") or "")
+        if not url:
+            raise ValueError(
+                "spec.rollout.analysis.prometheusUrl is required when source is prometheus"
+            )
+        if url not in self._prometheus:
+            self._prometheus[url] = PrometheusSource(url)
+        return self._prometheus[url]
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept about one ModelDeployment."""
+        self.pods.forget(namespace, name)
+
+    async def close(self) -> None:
+        """Close every HTTP session."""
+        await self.pods.close()
+        for source in self._prometheus.values():
+            await source.close()
