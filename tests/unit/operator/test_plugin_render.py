@@ -1,0 +1,224 @@
+"""kubectl roost: tables rendered from real-shaped ModelDeployment objects, and the timeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from roost_operator.gates import GateResult
+from roost_operator.kubectl_plugin import (
+    _parser,
+    render_history,
+    render_status,
+    request_token,
+    table,
+)
+from roost_operator.plot import plot_history
+
+MID_ROLLOUT: dict[str, Any] = {
+    "apiVersion": "roost.dev/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "iris", "namespace": "ml", "generation": 4},
+    "spec": {
+        "model": {"uri": "file:///models/iris-v2/model.onnx"},
+        "replicas": 4,
+        "paused": False,
+        "rollout": {
+            "steps": [{"weight": 20, "pause": "30s"}, {"weight": 50, "pause": "30s"}],
+            "analysis": {"failureLimit": 2},
+        },
+    },
+    "status": {
+        "observedGeneration": 4,
+        "replicas": 5,
+        "readyReplicas": 5,
+        "selector": "roost.dev/modeldeployment=iris",
+        "stable": {
+            "revision": "5f2c1a9b0d",
+            "modelUri": "file:///models/iris-v1/model.onnx",
+            "readyReplicas": 3,
+        },
+        "canary": {
+            "revision": "a1b2c3d4e5",
+            "modelUri": "file:///models/iris-v2/model.onnx",
+            "step": 1,
+            "weight": 50,
+            "stepStartedAt": "2026-03-01T12:00:30Z",
+            "readyReplicas": 2,
+            "consecutiveFailures": 1,
+            "analysisCount": 5,
+            "lastAnalysis": {
+                "time": "2026-03-01T12:00:50Z",
+                "verdict": "fail",
+                "message": "errorRate 0.12 > 0.05",
+                "canaryRequests": 210,
+                "gates": [
+                    GateResult("minRequests", 210.0, 50.0, "pass").to_status(),
+                    GateResult("errorRate", 0.1190476, 0.05, "fail").to_status(),
+                    GateResult("drift", None, 0.25, "inconclusive").to_status(),
+                ],
+            },
+        },
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "StableServing",
+                "message": "stable revision 5f2c1a9b0d serves 3/3 replicas",
+                "lastTransitionTime": "2026-03-01T11:00:00Z",
+            },
+            {
+                "type": "Reconciling",
+                "status": "True",
+                "reason": "CanaryStep",
+                "message": "canary a1b2c3d4e5 at step 2/2, weight 50%",
+                "lastTransitionTime": "2026-03-01T12:00:00Z",
+            },
+        ],
+    },
+}
+
+HISTORY = [
+    {
+        "revision": "5f2c1a9b0d",
+        "modelUri": "file:///models/iris-v1/model.onnx",
+        "outcome": "Promoted",
+        "reason": "all steps passed",
+        "startedAt": "2026-03-01T10:58:00Z",
+        "finishedAt": "2026-03-01T11:00:00Z",
+    },
+    {
+        "revision": "0badc0ffee",
+        "modelUri": "file:///models/iris-bad/model.onnx",
+        "outcome": "RolledBack",
+        "reason": "errorRate 0.4 > 0.05",
+        "startedAt": "2026-03-01T11:10:00Z",
+        "finishedAt": "2026-03-01T11:11:05Z",
+    },
+    {
+        "revision": "77aa77aa77",
+        "modelUri": "file:///models/iris-v3/model.onnx",
+        "outcome": "Superseded",
+        "reason": "newer revision a1b2c3d4e5",
+        "startedAt": "2026-03-01T11:50:00Z",
+        "finishedAt": "2026-03-01T11:59:59Z",
+    },
+]
+
+
+def test_table_aligns_columns() -> None:
+    assert table(["A", "LONGER"], [["xyz", 1.23456], [None, True]]).splitlines() == [
+        "A    LONGER",
+        "xyz  1.235",
+        "-    yes",
+    ]
+
+
+def test_status_mid_rollout() -> None:
+    out = render_status(MID_ROLLOUT)
+    lines = out.splitlines()
+    assert lines[0].startswith("ModelDeployment ml/iris   generation 4 (observed 4)")
+    assert "paused: no" in lines[0]
+    assert lines[1] == "Replicas: 4 desired, 5 running, 5 ready"
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("5f2c", "a1b2"))}
+    assert rows["5f2c1a9b0d"][:4] == ["5f2c1a9b0d", "stable", "50%", "3"]
+    assert rows["a1b2c3d4e5"][:7] == [
+        "a1b2c3d4e5",
+        "canary",
+        "50%",
+        "2",
+        "2/2",
+        "since",
+        "2026-03-01T12:00:30Z",
+    ]
+    assert any(line.split()[:3] == ["Reconciling", "True", "CanaryStep"] for line in lines), out
+    assert "Analyses: 5, consecutive failures: 1 of 2 allowed" in out
+    assert "Last analysis 2026-03-01T12:00:50Z: fail (errorRate 0.12 > 0.05)" in out
+    gates = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.split()[:1] in (["minRequests"], ["errorRate"], ["drift"])
+    }
+    assert gates["minRequests"] == ["minRequests", "210", "50", "pass"]
+    assert gates["errorRate"] == ["errorRate", "0.119", "0.05", "fail"]
+    assert gates["drift"] == ["drift", "-", "0.25", "inconclusive"]
+
+
+def test_status_steady_with_failed_revision() -> None:
+    md = {
+        "metadata": {"name": "iris", "namespace": "default", "generation": 2},
+        "spec": {"replicas": 2, "paused": True},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": 2,
+            "readyReplicas": 2,
+            "stable": {"revision": "5f2c1a9b0d", "modelUri": "s3://b/m.onnx", "readyReplicas": 2},
+            "failedRevision": "0badc0ffee",
+        },
+    }
+    out = render_status(md)
+    assert "paused: yes" in out
+    assert "5f2c1a9b0d  stable  100%    2      -     s3://b/m.onnx" in out
+    assert "canary" not in out
+    assert "Failed revision 0badc0ffee is not retried" in out
+    assert "kubectl roost retry iris" in out
+
+
+def test_status_before_first_reconcile() -> None:
+    out = render_status({"metadata": {"name": "new", "namespace": "x"}, "spec": {}})
+    assert "No revision serves yet." in out
+
+
+def test_history_table() -> None:
+    out = render_history({"status": {"history": HISTORY}})
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "REVISION",
+        "OUTCOME",
+        "STARTED",
+        "FINISHED",
+        "TOOK",
+        "MODEL",
+        "REASON",
+    ]
+    assert lines[1].split()[:5] == [
+        "5f2c1a9b0d",
+        "Promoted",
+        "2026-03-01T10:58:00Z",
+        "2026-03-01T11:00:00Z",
+        "2m00s",
+    ]
+    assert lines[2].split()[4] == "1m05s"
+    assert lines[2].endswith("errorRate 0.4 > 0.05")
+    assert render_history({"status": {}}) == "No rollouts recorded yet."
+
+
+def test_request_token_is_rfc3339_and_distinct_within_a_second() -> None:
+    a = request_token(datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC))
+    b = request_token(datetime(2026, 3, 1, 12, 0, 0, 2, tzinfo=UTC))
+    assert a == "2026-03-01T12:00:00.000001Z"
+    assert a != b
+    assert datetime.fromisoformat(a.replace("Z", "+00:00")).tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "iris"],
+        ["-n", "ml", "--context", "dev", "promote", "iris"],
+        ["--kubeconfig", "/tmp/k", "history", "iris", "--plot", "out.png"],
+    ],
+)
+def test_parser_accepts_commands(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    assert args.name == "iris"
+
+
+def test_plot_history_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "history.png"
+    plot_history(HISTORY, out, title="iris")
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 5000  # a drawn figure, not an empty canvas
