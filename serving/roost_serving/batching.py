@@ -1,0 +1,224 @@
+"""Dynamic batching: coalesce concurrent requests into one onnxruntime run.
+
+Requests whose inputs agree on names, datatypes and every dimension but the first are
+concatenated along the first (batch) dimension, run once, and the outputs are split back by
+row counts; models whose rows are computed independently (every tabular model) give exactly
+the results an unbatched run gives. Runs happen one at a time on a worker thread, so the event
+loop keeps decoding the next requests while the model computes; whatever queued up meanwhile
+forms the next batch.
+
+``max_delay`` bounds how long a batch is held open for requests that are already inside the
+server (received, still being decoded); the batcher never sits idle waiting for requests that
+have not arrived, so a lone request is not delayed and closed-loop clients are not throttled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roost_serving.protocol import RoostError
+
+log = logging.getLogger("roost.batching")
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Mapping[str, np.ndarray]], Tensors]
+BatchHook = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int], None]
+
+
+@dataclass
+class _Item:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[object, ...]
+    future: asyncio.Future[Tensors]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _key(inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {a.shape[0] if a.ndim else 1 for a in inputs.values()}
+    # Inputs that disagree on their first dimension cannot be split back per request.
+    return sizes.pop() if len(sizes) == 1 else -1
+
+
+class Batcher:
+    """Serialises model runs on one worker thread, batching concurrent requests when allowed."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        enabled: bool,
+        on_batch: BatchHook,
+        on_dequeue: Callable[[float], None],
+        arriving: Callable[[], int],
+    ) -> None:
+        """Set up the batcher.
+
+        ``on_batch(inputs, outputs, rows)`` runs on the worker thread after every successful
+        run (metrics, drift); ``on_dequeue(seconds)`` gets each request's queue time;
+        ``arriving()`` counts requests received but not yet submitted.
+        """
+        self._run = run
+        self._max_rows = max_batch_size
+        self._max_delay = max_delay_s
+        self.enabled = enabled and max_batch_size > 1
+        self._on_batch = on_batch
+        self._on_dequeue = on_dequeue
+        self._arriving = arriving
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-run")
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="roost-batcher")
+
+    async def stop(self) -> None:
+        """Finish everything queued, then stop the worker and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Queue one request's inputs and wait for its outputs."""
+        if self._closing:
+            raise RoostError("the server is shutting down")
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        rows = _rows(inputs) if self.enabled else -1
+        self._queue.append(_Item(inputs, rows, _key(inputs) if rows > 0 else (), future))
+        self._wakeup.set()
+        return await future
+
+    def _take(self) -> list[_Item]:
+        """Pop the head item and every following compatible one that fits in the batch."""
+        first = self._queue.popleft()
+        batch = [first]
+        if first.rows <= 0 or first.rows >= self._max_rows:
+            return batch
+        rows = first.rows
+        kept: deque[_Item] = deque()
+        while self._queue and rows < self._max_rows:
+            item = self._queue.popleft()
+            if item.key == first.key and item.rows > 0 and rows + item.rows <= self._max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        # Requests that did not fit keep their place at the front of the queue.
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch
+
+    async def _collect(self) -> list[_Item]:
+        batch = self._take()
+        if not self.enabled or batch[0].rows <= 0:
+            return batch
+        # Let requests that are already decoded but not yet scheduled reach the queue.
+        await asyncio.sleep(0)
+        deadline = time.perf_counter() + self._max_delay
+        # Items left in the queue after a take cannot join this batch; only newcomers can.
+        leftovers = -1
+        while True:
+            rows = sum(item.rows for item in batch)
+            if len(self._queue) > leftovers and rows < self._max_rows:
+                self._queue.extendleft(reversed(batch))
+                batch = self._take()
+                leftovers = len(self._queue)
+                continue
+            remaining = deadline - time.perf_counter()
+            if rows >= self._max_rows or remaining <= 0 or self._arriving() <= 0:
+                return batch
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = await self._collect()
+            started = time.perf_counter()
+            for item in batch:
+                self._on_dequeue(started - item.enqueued)
+            try:
+                results = await loop.run_in_executor(self._executor, self._execute, batch)
+            except BaseException as exc:  # delivered to every waiting request, never lost
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():  # the client went away
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+    def _execute(self, batch: list[_Item]) -> list[Tensors | BaseException]:
+        """Worker thread: run one batch, falling back to single runs when it cannot be split."""
+        if len(batch) == 1:
+            return [self._single(batch[0])]
+        names = list(batch[0].inputs)
+        joined = {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
+        total = sum(item.rows for item in batch)
+        try:
+            outputs = self._run(joined)
+        except RoostError:
+            # One request's rows may have made the run fail; run them one by one so only
+            # that request gets the error.
+            return [self._single(item) for item in batch]
+        if any(a.ndim == 0 or a.shape[0] != total for a in outputs.values()):
+            log.warning("model outputs are not row-aligned with its inputs; batching disabled")
+            self.enabled = False
+            return [self._single(item) for item in batch]
+        self._hook(joined, outputs, total)
+        results: list[Tensors | BaseException] = []
+        start = 0
+        for item in batch:
+            stop = start + item.rows
+            results.append({name: a[start:stop] for name, a in outputs.items()})
+            start = stop
+        return results
+
+    def _single(self, item: _Item) -> Tensors | BaseException:
+        try:
+            outputs = self._run(item.inputs)
+        except RoostError as exc:
+            return exc
+        rows = item.rows if item.rows > 0 else max(_rows(item.inputs), 1)
+        self._hook(item.inputs, outputs, rows)
+        return outputs
+
+    def _hook(self, inputs: Mapping[str, np.ndarray], outputs: Tensors, rows: int) -> None:
+        try:
+            self._on_batch(inputs, outputs, rows)
+        except Exception:  # metrics or drift must never fail an inference
+            log.exception("batch observer failed")

@@ -1,0 +1,154 @@
+"""Settings of one serving process (`roost serve`).
+
+Every option is a command-line flag and a ``ROOST_*`` environment variable (the operator
+configures pods through the environment); the names and defaults are the contract in
+docs/architecture.md ("Serving process"). A flag given on the command line wins over the
+environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one serving process needs to know; immutable once parsed."""
+
+    model: str
+    """URI or path of the ONNX model (``file://``, plain path, ``http(s)://``, ``s3://``, ``gs://``)."""
+    profile: str | None = None
+    """URI of the reference profile (profile.json); ``None`` turns drift tracking off."""
+    name: str = "model"
+    """Model name clients address in ``/v2/models/{name}``."""
+    revision: str = ""
+    """Revision label on every metric; also the model version the server reports."""
+    sha256: str | None = None
+    """Expected sha256 of the model file (hex); a mismatch refuses to start."""
+    host: str = "127.0.0.1"
+    """Address to listen on (pods: their pod IP)."""
+    port: int = 8080
+    """TCP port for the inference API and ``/metrics``."""
+    max_batch_size: int = 32
+    """Most rows coalesced into one onnxruntime run; 1 disables dynamic batching."""
+    max_delay_ms: float = 2.0
+    """Longest a request waits for others to share its batch, in milliseconds."""
+    threads: int = 1
+    """onnxruntime intra-op threads."""
+    drift_window: int = 2000
+    """Rows kept in the sliding window that drift statistics are computed over."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body accepted; larger bodies get 413."""
+    log_level: str = "info"
+    """Log level of the server (critical, error, warning, info, debug, trace)."""
+    drain_seconds: float = 0.0
+    """After SIGTERM, keep serving this long with readiness false before closing the listener,
+    so that load balancers stop sending traffic before connections are refused."""
+
+    def __post_init__(self) -> None:
+        """Reject values the server cannot run with, naming the option to fix."""
+        if not self.model:
+            raise ConfigError("--model / ROOST_MODEL is required (a path or URI of model.onnx)")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"--name must be a non-empty name without '/', got {self.name!r}")
+        if self.sha256 is not None:
+            digest = self.sha256.lower().removeprefix("sha256:")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError("--sha256 must be 64 hex characters (the model file's sha256)")
+            object.__setattr__(self, "sha256", digest)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        for field, minimum in (
+            ("max_batch_size", 1),
+            ("threads", 1),
+            ("drift_window", 1),
+            ("max_body_bytes", 1024),
+        ):
+            if getattr(self, field) < minimum:
+                flag = "--" + field.replace("_", "-")
+                raise ConfigError(f"{flag} must be at least {minimum}, got {getattr(self, field)}")
+        if self.max_delay_ms < 0 or self.drain_seconds < 0:
+            raise ConfigError("--max-delay-ms and --drain-seconds must not be negative")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _optional_str(value: str) -> str | None:
+    return value or None
+
+
+# field -> (parser of the env/flag text, help). The flag is --field-with-dashes and the
+# environment variable ROOST_FIELD_UPPERCASE, so the two can never drift apart.
+_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "model": (str, "path or URI of the ONNX model"),
+    "profile": (_optional_str, "path or URI of the reference profile (drift off without)"),
+    "name": (str, "model name served under /v2/models/NAME"),
+    "revision": (str, "revision label on metrics, reported as the model version"),
+    "sha256": (_optional_str, "expected sha256 of the model file; refuse to start otherwise"),
+    "host": (str, "address to listen on"),
+    "port": (int, "port to listen on"),
+    "max_batch_size": (int, "most rows per onnxruntime run (1 disables batching)"),
+    "max_delay_ms": (float, "longest wait for a batch to fill, in milliseconds"),
+    "threads": (int, "onnxruntime intra-op threads"),
+    "drift_window": (int, "rows in the drift sliding window"),
+    "max_body_bytes": (int, "largest request body accepted (413 above)"),
+    "log_level": (str.lower, "log level: " + ", ".join(LOG_LEVELS)),
+    "drain_seconds": (float, "after SIGTERM, serve this long with readiness false"),
+}
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``: ``max_batch_size`` -> ROOST_MAX_BATCH_SIZE."""
+    return "ROOST_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; unset flags stay ``None`` so the environment can fill them."""
+    for field, (convert, text) in _OPTIONS.items():
+        default = Settings.__dataclass_fields__[field].default
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            type=convert,
+            default=None,
+            help=f"{text} (env {env_var(field)}; default {shown})",
+        )
+
+
+def settings_from(args: argparse.Namespace | None, environ: Mapping[str, str]) -> Settings:
+    """Build settings from parsed flags, then the environment, then the defaults."""
+    values: dict[str, Any] = {}
+    for field, (convert, _) in _OPTIONS.items():
+        given = getattr(args, field, None) if args is not None else None
+        if given is not None:
+            values[field] = given
+            continue
+        raw = environ.get(env_var(field))
+        if raw is None or (raw == "" and field == "model"):
+            continue
+        try:
+            values[field] = convert(raw)
+        except ValueError:
+            raise ConfigError(f"{env_var(field)}={raw!r} is not a valid value") from None
+    if "model" not in values:
+        raise ConfigError("--model / ROOST_MODEL is required (a path or URI of model.onnx)")
+    return Settings(**values)
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse ``roost serve`` arguments (without the subcommand) into settings."""
+    parser = argparse.ArgumentParser(prog="roost serve")
+    add_arguments(parser)
+    return settings_from(parser.parse_args(list(argv)), os.environ if environ is None else environ)

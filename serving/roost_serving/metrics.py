@@ -1,0 +1,91 @@
+"""Serving metrics (docs/architecture.md, "Serving metrics"), on an injectable registry.
+
+Every series carries ``model`` and ``revision``. Labelled children are resolved once here,
+because ``Metric.labels(...)`` on every request costs more than the observation itself.
+Drift metrics (``roost_feature_*``, ``roost_predictions_total``) belong to monitor.py.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Seconds; shared with the operator's latency gate (it reads these histograms)."""
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+"""Rows per onnxruntime run."""
+
+
+class ServingMetrics:
+    """The serving process's own series, labelled with its model and revision."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, revision: str) -> None:
+        """Register every series on ``registry`` (a fresh one per test)."""
+        labels = ("model", "revision")
+        self._values = (model, revision)
+        self._requests = Counter(
+            "roost_requests",
+            "Inference requests by HTTP status code.",
+            (*labels, "code"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "roost_request_duration_seconds",
+            "Inference request latency, end to end inside the server.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(model, revision)
+        self.queue_duration = Histogram(
+            "roost_queue_duration_seconds",
+            "Time a request waited in the batcher queue before its onnxruntime run started.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(model, revision)
+        self.batch_size = Histogram(
+            "roost_batch_size",
+            "Rows per onnxruntime run.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        ).labels(model, revision)
+        self.inflight = Gauge(
+            "roost_inflight_requests",
+            "Inference requests being handled now.",
+            labels,
+            registry=registry,
+        ).labels(model, revision)
+        self.load_duration = Gauge(
+            "roost_model_load_duration_seconds",
+            "Seconds it took to fetch, verify and load the model.",
+            labels,
+            registry=registry,
+        ).labels(model, revision)
+        self._info = Gauge(
+            "roost_model_info",
+            "The model being served (always 1).",
+            (*labels, "uri", "sha256", "platform"),
+            registry=registry,
+        )
+        # Pre-create the codes the server can answer, so error rates read 0 rather than
+        # "no data" before the first error and the hot path is a dict lookup.
+        self._codes = {
+            code: self._requests.labels(model, revision, str(code))
+            for code in (200, 400, 404, 413, 500, 503)
+        }
+
+    def count_request(self, code: int) -> None:
+        """Count one finished inference request by its HTTP status."""
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._requests.labels(*self._values, str(code))
+        child.inc()
+
+    def model_loaded(self, uri: str, sha256: str, platform: str, seconds: float) -> None:
+        """Record what was loaded and how long it took."""
+        self._info.labels(*self._values, uri, sha256, platform).set(1)
+        self.load_duration.set(seconds)
