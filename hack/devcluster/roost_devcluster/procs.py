@@ -89,22 +89,23 @@ def stop(procs: Sequence[Proc], grace: float = 10.0) -> None:
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(p.alive() for p in procs):
-        _reap()
+        _reap(procs)
         time.sleep(0.1)
     for proc in procs:
         _signal_group(proc, signal.SIGKILL)
     for _ in range(50):
-        _reap()
+        _reap(procs)
         if not any(p.alive() for p in procs):
             return
         time.sleep(0.1)
 
 
-def _reap() -> None:
-    # Children spawned by this very process become zombies until waited for.
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] != 0:
-            pass
+def _reap(procs: Sequence[Proc]) -> None:
+    # Children spawned by this very process stay zombies until waited for. Only the recorded
+    # pids are waited for: waitpid(-1) would steal other Popen objects' exit statuses.
+    for proc in procs:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, os.WNOHANG)
 
 
 @dataclass
