@@ -9,41 +9,18 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import yaml
+from crd_install import install_crd
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.e2e
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "modeldeployment.yaml"
 GROUP, VERSION, PLURAL = "roost.dev", "v1alpha1", "modeldeployments"
 SHA = "0123456789abcdef" * 4
-
-
-def install_crd(kube: client.ApiClient) -> None:
-    """Server-side apply the CRD and wait (bounded) until the API serves it."""
-    body = yaml.safe_load(CRD_PATH.read_text())
-    api = client.ApiextensionsV1Api(kube)
-    api.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="roost-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-    for _ in range(300):
-        crd = api.read_custom_resource_definition(body["metadata"]["name"])
-        found = crd.status.conditions if crd.status else None
-        conditions = {c.type: c.status for c in found or []}
-        if conditions.get("Established") == "True":
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"CRD never established: {conditions}")
 
 
 @pytest.fixture
