@@ -39,7 +39,9 @@ def wait_for(
         except ApiError as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise WaitTimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+            raise WaitTimeoutError(
+                f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}"
+            )
         time.sleep(interval)
 
 
