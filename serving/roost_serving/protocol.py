@@ -263,7 +263,9 @@ def _decode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> 
             raise BadRequestError(f"input {name!r}: BOOL data must be true/false")
     elif target.kind in "iu":
         if kind not in "iu":
-            raise BadRequestError(f"input {name!r}: {datatype} data must be integers")
+            # Integers beyond int64 (uint64's upper half) make numpy fall back to float64 or
+            # object; only exact Python ints are accepted, converted without rounding.
+            return _exact_integers(name, datatype, shape, np.array(data, dtype=object).ravel())
         info = np.iinfo(target)
         if raw.min() < info.min or raw.max() > info.max:
             raise BadRequestError(
@@ -272,6 +274,18 @@ def _decode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> 
     elif kind not in "iuf":
         raise BadRequestError(f"input {name!r}: {datatype} data must be numbers")
     return raw.astype(target, copy=False).reshape(shape)
+
+
+def _exact_integers(name: str, datatype: str, shape: list[int], flat: np.ndarray) -> np.ndarray:
+    if not all(type(item) is int for item in flat):
+        raise BadRequestError(f"input {name!r}: {datatype} data must be integers")
+    try:
+        return np.array(flat.tolist(), dtype=DTYPES[datatype]).reshape(shape)
+    except OverflowError:
+        info = np.iinfo(DTYPES[datatype])
+        raise BadRequestError(
+            f"input {name!r}: value out of range for {datatype} ({info.min}..{info.max})"
+        ) from None
 
 
 def _count_message(name: str, shape: list[int], want: int, got: int) -> str:
