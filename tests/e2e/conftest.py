@@ -1,0 +1,126 @@
+"""Fixtures for e2e tests against the real local control plane (``hack/devcluster``).
+
+Session-scoped:
+- ``cluster``: a running ``roost_devcluster.controlplane.Cluster`` with its own state dir
+  (``$ROOST_DEVCLUSTER_TEST_DIR``, default ``~/.cache/roost/devcluster-test``), the pod runner
+  included; torn down at session end (set ``ROOST_KEEP_CLUSTER=1`` to keep it for debugging).
+  If it cannot start the session FAILS with the reason and the component log tails — e2e tests
+  are never skipped.
+- ``kubeconfig``: admin kubeconfig path (use with ``kubectl --kubeconfig`` or ``KUBECONFIG``).
+- ``kube``: ``kubernetes.client.ApiClient`` for that kubeconfig.
+- ``kube_api``: ``roost_devcluster.kubeapi.KubeApi`` (raw JSON REST; used by the helpers).
+- ``prometheus``: ``roost_devcluster.prometheus.Prometheus`` scraping Ready serving pods
+  (``roost.dev/serving=true``) every 2 s, with ``namespace``/``pod`` target labels.
+
+Per test:
+- ``namespace``: a fresh namespace (its ``default`` ServiceAccount exists), deleted afterwards.
+- ``pod_log``: ``pod_log(namespace, pod, container)`` -> the container's output so far.
+
+Helpers to import: ``roost_devcluster.waiting`` (``wait_for``, ``wait_pods_ready``,
+``pod_ready``, ``container_status``, ``wait_gone``) and ``roost_devcluster.traffic.Traffic``.
+Every test in this directory is marked ``e2e``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from roost_devcluster import controlplane, podrunner
+from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
+from roost_devcluster.paths import Layout
+from roost_devcluster.prometheus import Prometheus, run_prometheus
+from roost_devcluster.waiting import wait_for
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e as e2e, so ``-m "not e2e"`` never needs a cluster."""
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+
+
+def _test_layout() -> Layout:
+    override = os.environ.get("ROOST_DEVCLUSTER_TEST_DIR")
+    root = Path(override) if override else Path.home() / ".cache" / "roost" / "devcluster-test"
+    return Layout(root.expanduser().resolve())
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[controlplane.Cluster]:
+    """The dev cluster for this test session (started once, stopped at the end)."""
+    layout = _test_layout()
+    try:
+        running = controlplane.up(layout, log=lambda message: print(message))
+    except (controlplane.StartError, FileNotFoundError, OSError) as exc:
+        tails = controlplane.log_tails(layout) if layout.logs.exists() else ""
+        pytest.fail(f"the dev cluster did not start: {exc}\n{tails}", pytrace=False)
+    yield running
+    if os.environ.get("ROOST_KEEP_CLUSTER") != "1":
+        controlplane.down(layout)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster: controlplane.Cluster) -> Path:
+    """Admin kubeconfig of the test cluster."""
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    """The official Kubernetes client, configured for the test cluster."""
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture(scope="session")
+def kube_api(cluster: controlplane.Cluster) -> Iterator[KubeApi]:
+    """A raw-JSON REST client (what the ``waiting`` and ``traffic`` helpers take)."""
+    api = cluster.api()
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: controlplane.Cluster) -> Iterator[Prometheus]:
+    """Prometheus discovering and scraping this cluster's serving pods."""
+    with run_prometheus(cluster.layout, cluster.server) as prom:
+        yield prom
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, kube_api: KubeApi) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted (not awaited) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    kube_api.create(api_path("v1", "namespaces", None), {"metadata": {"name": name}})
+    # Pods are rejected until the ServiceAccount controller has made the default account.
+    wait_for(
+        lambda: kube_api.get(api_path("v1", "serviceaccounts", name, "default")),
+        timeout=30,
+        what=f"the default ServiceAccount in {name}",
+    )
+    yield name
+    try:
+        kube_api.delete(api_path("v1", "namespaces", None, name))
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def pod_log(cluster: controlplane.Cluster) -> Callable[[str, str, str], str]:
+    """Read a runner pod container's log: ``pod_log(namespace, pod, container)``."""
+
+    def read(namespace: str, pod: str, container: str) -> str:
+        return podrunner.read_container_log(cluster.layout, namespace, pod, container)
+
+    return read
