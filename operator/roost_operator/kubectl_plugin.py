@@ -3,7 +3,8 @@
 Installed as the console script `kubectl-roost`, so `kubectl roost ...` finds it on PATH.
 
     kubectl roost status NAME      revisions, weights, conditions, last analysis gates
-    kubectl roost history NAME [--plot out.png]
+    kubectl roost history NAME [--plot out.png [--timeline recorded.jsonl]]
+    kubectl roost watch NAME --record recorded.jsonl [--interval 1] [--duration 600]
     kubectl roost promote|abort|retry NAME
     kubectl roost pause|resume NAME
 
@@ -276,13 +277,44 @@ def _parser() -> argparse.ArgumentParser:
         "retry": "roll out the failed revision again",
         "pause": "freeze the rollout where it is (spec.paused=true)",
         "resume": "let a paused rollout go on (spec.paused=false)",
+        "watch": "record the rollout timeline (weights, gate values) to a file",
     }
     for command, text in helps.items():
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("name", metavar="NAME", help="ModelDeployment name")
         if command == "history":
             p.add_argument("--plot", metavar="OUT.png", type=Path, help="also draw a timeline")
+            p.add_argument(
+                "--timeline",
+                metavar="FILE",
+                type=Path,
+                help="draw weights and gate values recorded by `kubectl roost watch --record`",
+            )
+        if command == "watch":
+            p.add_argument("--record", metavar="FILE", type=Path, required=True)
+            p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+            p.add_argument("--duration", type=float, default=600.0, help="seconds to record")
     return parser
+
+
+def _watch(kube: Client, name: str, record: Path, interval: float, duration: float) -> str:
+    """Poll the object every `interval` s for at most `duration` s, appending samples."""
+    import time
+
+    from roost_operator import timeline
+
+    if interval <= 0 or duration <= 0:
+        raise PluginError("--interval and --duration must be positive")
+    deadline = time.monotonic() + duration
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            timeline.append(record, timeline.sample(kube.get(name), datetime.now(UTC)))
+            count += 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    return f"recorded {count} samples to {record}"
 
 
 def run(argv: Sequence[str] | None = None) -> str:
@@ -295,12 +327,19 @@ def run(argv: Sequence[str] | None = None) -> str:
     if args.command == "history":
         md = kube.get(name)
         out = render_history(md)
-        if args.plot is not None:
+        if args.plot is not None and args.timeline is not None:
+            from roost_operator import timeline
+
+            timeline.plot(timeline.load(args.timeline), args.plot, title=name)
+            out += f"\nTimeline written to {args.plot}"
+        elif args.plot is not None:
             from roost_operator.plot import plot_history
 
             plot_history(_get(md, "status", "history") or [], args.plot, title=name)
             out += f"\nTimeline written to {args.plot}"
         return out
+    if args.command == "watch":
+        return _watch(kube, name, args.record, args.interval, args.duration)
     if args.command in REQUESTS:
         token = request_token()
         kube.merge_patch(name, {"metadata": {"annotations": {f"roost.dev/{args.command}": token}}})

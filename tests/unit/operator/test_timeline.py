@@ -1,0 +1,71 @@
+"""The recorded rollout timeline: samples from real-shaped status, outcomes, and the picture."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from roost_operator import timeline
+
+T0 = datetime(2026, 11, 22, 8, 0, 0, tzinfo=UTC)
+
+
+def md(weight: int, analysis_time: str | None, history: list[dict[str, Any]]) -> dict[str, Any]:
+    canary: dict[str, Any] = {"revision": "8c01d2e4aa", "weight": weight, "step": 1}
+    if analysis_time:
+        canary["lastAnalysis"] = {
+            "time": analysis_time,
+            "verdict": "pass",
+            "canaryRequests": 120,
+            "gates": [
+                {"name": "errorRate", "value": 0.01, "threshold": 0.05, "verdict": "pass"},
+                {"name": "drift", "threshold": 0.25, "verdict": "inconclusive"},
+            ],
+        }
+    return {"status": {"stable": {"revision": "3f2a9c1b7d"}, "canary": canary, "history": history}}
+
+
+def test_sample_reads_weight_revisions_and_gates() -> None:
+    s = timeline.sample(md(25, "2026-11-22T08:00:05Z", []), T0, {"requestRate": 40.0})
+    assert s["stable"] == "3f2a9c1b7d"
+    assert s["canary"] == "8c01d2e4aa"
+    assert s["weight"] == 25
+    assert s["gates"]["errorRate"] == {"value": 0.01, "threshold": 0.05, "verdict": "pass"}
+    assert s["gates"]["drift"]["value"] is None
+    assert s["extra"] == {"requestRate": 40.0}
+
+
+def test_sample_of_an_object_without_status() -> None:
+    s = timeline.sample({"spec": {}}, T0)
+    assert s["weight"] == 0
+    assert s["canary"] is None
+    assert s["gates"] == {}
+
+
+def test_outcomes_are_reported_once_when_they_first_appear() -> None:
+    promoted = {"revision": "8c01d2e4aa", "outcome": "Promoted", "reason": "all steps passed"}
+    samples = [
+        timeline.sample(md(25, None, []), T0),
+        timeline.sample(md(50, None, []), T0 + timedelta(seconds=1)),
+        timeline.sample(md(0, None, [promoted]), T0 + timedelta(seconds=2)),
+        timeline.sample(md(0, None, [promoted]), T0 + timedelta(seconds=3)),
+    ]
+    assert timeline.outcomes(samples) == [(T0 + timedelta(seconds=2), "Promoted", "8c01d2e4aa")]
+
+
+def test_record_load_and_plot_round_trip(tmp_path: Path) -> None:
+    record = tmp_path / "timeline.jsonl"
+    history: list[dict[str, Any]] = []
+    for i in range(12):
+        if i == 10:
+            history = [{"revision": "8c01d2e4aa", "outcome": "RolledBack", "reason": "drift"}]
+        at = T0 + timedelta(seconds=i)
+        stamp = (T0 + timedelta(seconds=i - i % 3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        timeline.append(record, timeline.sample(md(25 * (i // 4), stamp, history), at))
+    samples = timeline.load(record)
+    assert len(samples) == 12
+    out = tmp_path / "timeline.png"
+    timeline.plot(samples, out, title="wine")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
