@@ -1,0 +1,347 @@
+"""Live drift tracking against a reference profile, exported as Prometheus metrics.
+
+:class:`DriftMonitor` is fed every onnxruntime batch (inputs and outputs) by the server.  Per
+batch it only maps each row to one bin per feature and updates a sliding window of bin counts
+(:class:`roost_serving.drift.BinnedWindow`) and the prediction counters: a handful of vectorised
+numpy calls, O(rows), no Python loop over rows.  PSI and binned KS are derived from the window's
+counts when ``/metrics`` is scraped (the monitor is a custom collector on the injected
+registry), so the hot path never pays for statistics nobody reads.
+
+Series (labels ``model``, ``revision``; see the contract in ``docs/architecture.md``):
+
+- ``roost_feature_psi{feature}`` / ``roost_feature_ks{feature}``: one per profiled feature
+  (names only from the profile, at most :data:`MAX_FEATURES`); absent while the window holds no
+  value for that feature, so an idle pod never reports a misleading 0.
+- ``roost_drift_window_rows``: rows currently in the window.
+- ``roost_predictions_total{bin}``: cumulative predictions per class label (classifier) or
+  per bin index ``0..n`` of the profile's output edges (regressor); anything else is ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from roost_serving.drift import BinnedWindow, binned_ks, category_indices, psi
+from roost_serving.profile import (
+    CategoricalFeature,
+    ClassificationPrediction,
+    NumericFeature,
+    Profile,
+    RegressionPrediction,
+)
+
+__all__ = ["MAX_FEATURES", "DriftMonitor"]
+
+#: Features beyond this many (in profile order) are not tracked: bounded label cardinality.
+MAX_FEATURES = 64
+
+# Above this many element comparisons per batch, per-column searchsorted beats broadcasting.
+_BROADCAST_LIMIT = 1 << 18
+
+log = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class _NumericGroup:
+    """Numeric features read from the same input tensor, binned together by broadcasting."""
+
+    input: str
+    features: IntArray  # positions in the window's columns
+    columns: IntArray  # columns of the input tensor
+    edges: npt.NDArray[np.float64]  # (k, max_edges), padded with +inf (never exceeded)
+    ragged: tuple[npt.NDArray[np.float64], ...]  # unpadded edges, for the searchsorted path
+    offsets: IntArray  # first global slot of each feature
+    missing: IntArray  # slot counting NaN / absent values of each feature
+
+
+@dataclass(frozen=True)
+class _CategoricalTracker:
+    input: str
+    feature: int
+    column: int
+    categories: npt.NDArray[np.str_]
+    offset: int
+    missing: int
+
+
+class _Lookup:
+    """Maps prediction values to bin indices 0..n-1, anything unknown to ``n`` (``other``)."""
+
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.n = len(classes)
+        self._str = np.asarray(classes, dtype=str)
+        try:
+            ints = np.asarray([int(c) for c in classes], dtype=np.int64)
+        except ValueError:
+            ints = None
+        self._int_order = None if ints is None else np.argsort(ints)
+        self._int_sorted = None if ints is None else ints[self._int_order]
+
+    def __call__(self, values: npt.NDArray[Any]) -> IntArray:
+        if (
+            self._int_sorted is not None
+            and self._int_order is not None
+            and values.dtype.kind in "iu"
+        ):
+            if self.n == 0:
+                return np.zeros(values.size, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(self._int_sorted, values), self.n - 1)
+            found = self._int_sorted[pos] == values
+            return np.where(found, self._int_order[pos], self.n).astype(np.int64)
+        return category_indices(values, self._str)
+
+
+class DriftMonitor(Collector):
+    """Sliding-window drift and prediction-distribution metrics for one served model.
+
+    ``profile=None`` (no ``--profile``) turns drift tracking off: :meth:`observe` does nothing
+    and no drift series are exported.  :meth:`observe` is thread-safe; the lock is held only for
+    the O(rows) count update, never while computing statistics for a scrape.
+    """
+
+    def __init__(
+        self,
+        profile: Profile | None,
+        registry: CollectorRegistry,
+        model: str,
+        revision: str,
+        window: int,
+    ) -> None:
+        if window < 1:
+            raise ValueError("the drift window must hold at least 1 row")
+        self._labels = [model, revision]
+        self._lock = threading.Lock()
+        self.profile = profile
+        features = profile.features if profile is not None else ()
+        if len(features) > MAX_FEATURES:
+            log.warning(
+                "profile has %d features; drift is tracked for the first %d only",
+                len(features),
+                MAX_FEATURES,
+            )
+        self._features = features[:MAX_FEATURES]
+        self._plan_layout()
+        self._window = BinnedWindow(window, len(self._features), self._n_slots)
+        self._plan_prediction()
+        if profile is not None:
+            registry.register(self)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _plan_layout(self) -> None:
+        """Give each feature a contiguous run of global slots; missing slots follow them all."""
+        n_bins = [
+            len(f.edges) + 1 if isinstance(f, NumericFeature) else len(f.categories) + 1
+            for f in self._features
+        ]
+        self._offsets = np.concatenate([[0], np.cumsum(n_bins)]).astype(np.int64)
+        real = int(self._offsets[-1])
+        self._n_slots = real + len(self._features)
+        self._reference = [
+            np.asarray(
+                f.frequencies + ((f.other_frequency,) if isinstance(f, CategoricalFeature) else ()),
+                dtype=np.float64,
+            )
+            for f in self._features
+        ]
+        by_input: dict[str, list[int]] = {}
+        self._categorical: list[_CategoricalTracker] = []
+        for i, f in enumerate(self._features):
+            if isinstance(f, NumericFeature):
+                by_input.setdefault(f.input, []).append(i)
+            else:
+                cats = np.asarray(f.categories, dtype=str)
+                self._categorical.append(
+                    _CategoricalTracker(
+                        f.input, i, f.column or 0, cats, int(self._offsets[i]), real + i
+                    )
+                )
+        self._numeric: list[_NumericGroup] = []
+        for name, idx in by_input.items():
+            feats = [self._features[i] for i in idx]
+            ragged = tuple(np.asarray(f.edges, dtype=np.float64) for f in feats)  # type: ignore[union-attr]
+            width = max((e.size for e in ragged), default=0)
+            padded = np.full((len(idx), max(width, 1)), np.inf)
+            for row, e in enumerate(ragged):
+                padded[row, : e.size] = e
+            self._numeric.append(
+                _NumericGroup(
+                    input=name,
+                    features=np.asarray(idx, dtype=np.int64),
+                    columns=np.asarray([f.column or 0 for f in feats], dtype=np.int64),
+                    edges=padded,
+                    ragged=ragged,
+                    offsets=self._offsets[idx],
+                    missing=real + np.asarray(idx, dtype=np.int64),
+                )
+            )
+
+    def _plan_prediction(self) -> None:
+        pred = self.profile.prediction if self.profile is not None else None
+        self._pred = pred
+        self._pred_edges: npt.NDArray[np.float64] | None = None
+        self._lookup: _Lookup | None = None
+        if isinstance(pred, ClassificationPrediction):
+            self._bins = list(pred.classes)
+            self._lookup = _Lookup(pred.classes)
+        elif isinstance(pred, RegressionPrediction):
+            self._bins = [str(i) for i in range(len(pred.frequencies))]
+            self._pred_edges = np.asarray(pred.edges, dtype=np.float64)
+        else:
+            self._bins = []
+        self._bins.append("other")
+        self._pred_counts = np.zeros(len(self._bins), dtype=np.int64)
+
+    # ------------------------------------------------------------------ hot path
+
+    def observe(
+        self,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+    ) -> None:
+        """Account one onnxruntime batch: ``inputs`` as fed, ``outputs`` as returned."""
+        if self.profile is None:
+            return
+        n = _rows(inputs, outputs)
+        if n == 0:
+            return
+        slots = np.empty((n, len(self._features)), dtype=np.int64)
+        for g in self._numeric:
+            slots[:, g.features] = self._bin_numeric(g, inputs.get(g.input), n)
+        for c in self._categorical:
+            arr = inputs.get(c.input)
+            if arr is None or arr.size == 0 or arr.size % n != 0:
+                slots[:, c.feature] = c.missing
+                continue
+            values = np.asarray(arr).reshape(n, -1)[:, c.column]
+            slots[:, c.feature] = c.offset + category_indices(values, c.categories)
+        pred_bins = self._prediction_bins(outputs, n)
+        with self._lock:
+            self._window.push(slots)
+            if pred_bins is not None:
+                self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
+
+    def _bin_numeric(self, g: _NumericGroup, arr: npt.NDArray[Any] | None, n: int) -> IntArray:
+        if arr is None or arr.size == 0 or arr.size % n != 0 or arr.dtype.kind not in "fiub":
+            # Absent or unusable input (the model would have rejected it anyway): count the
+            # rows as missing for these features instead of guessing bins.
+            return np.broadcast_to(g.missing, (n, g.missing.size))
+        matrix = arr.reshape(n, -1)
+        if int(g.columns.max()) >= matrix.shape[1]:
+            return np.broadcast_to(g.missing, (n, g.missing.size))
+        x = matrix[:, g.columns]
+        if x.size * g.edges.shape[1] <= _BROADCAST_LIMIT:
+            # Number of edges strictly below v == index of v's right-closed bin.
+            local = (x[:, :, None] > g.edges[None, :, :]).sum(axis=2)
+        else:
+            local = np.column_stack(
+                [np.searchsorted(e, x[:, j], side="left") for j, e in enumerate(g.ragged)]
+            )
+        out = local + g.offsets
+        if x.dtype.kind == "f":
+            nan = np.isnan(x)
+            if nan.any():
+                out = np.where(nan, g.missing, out)
+        result: IntArray = out.astype(np.int64, copy=False)
+        return result
+
+    def _prediction_bins(self, outputs: Mapping[str, npt.NDArray[Any]], n: int) -> IntArray | None:
+        pred = self._pred
+        if pred is None:
+            return None
+        out = outputs.get(pred.output)
+        if out is None:
+            return None
+        values = np.asarray(out).reshape(-1)
+        if self._lookup is not None:
+            return self._lookup(values)
+        if self._pred_edges is None or values.dtype.kind not in "fiub":
+            return np.full(values.size, len(self._bins) - 1, dtype=np.int64)
+        idx = np.searchsorted(self._pred_edges, values, side="left")
+        # NaN sorts past every edge; route it to "other" rather than the top bin.
+        return np.where(np.isnan(values), len(self._bins) - 1, idx).astype(np.int64)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def window_rows(self) -> int:
+        """Rows currently in the sliding window."""
+        return self._window.rows
+
+    def statistics(self) -> dict[str, tuple[float, float]]:
+        """``{feature: (psi, ks)}`` over the current window; features with no values omitted."""
+        with self._lock:
+            counts = self._window.counts.copy()
+        stats: dict[str, tuple[float, float]] = {}
+        for i, f in enumerate(self._features):
+            live = counts[self._offsets[i] : self._offsets[i + 1]]
+            if live.sum() == 0:
+                continue
+            stats[f.name] = (psi(self._reference[i], live), binned_ks(self._reference[i], live))
+        return stats
+
+    def prediction_counts(self) -> dict[str, int]:
+        """Cumulative predictions per ``bin`` label (including ``other``)."""
+        with self._lock:
+            counts = self._pred_counts.copy()
+        return {b: int(c) for b, c in zip(self._bins, counts, strict=True)}
+
+    def describe(self) -> Iterable[Metric]:
+        """Metric families without samples, so registering never runs a scrape."""
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        """Compute the drift series from the current window (called on every scrape)."""
+        psi_f, ks_f, rows_f, pred_f = self._families()
+        for name, (p, k) in self.statistics().items():
+            psi_f.add_metric([*self._labels, name], p)
+            ks_f.add_metric([*self._labels, name], k)
+        rows_f.add_metric(self._labels, float(self._window.rows))
+        for b, c in self.prediction_counts().items():
+            pred_f.add_metric([*self._labels, b], float(c))
+        return [psi_f, ks_f, rows_f, pred_f]
+
+    def _families(
+        self,
+    ) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        base = ["model", "revision"]
+        return (
+            GaugeMetricFamily(
+                "roost_feature_psi",
+                "Population stability index of the feature over the drift window vs the profile",
+                labels=[*base, "feature"],
+            ),
+            GaugeMetricFamily(
+                "roost_feature_ks",
+                "Binned Kolmogorov-Smirnov statistic of the feature over the drift window",
+                labels=[*base, "feature"],
+            ),
+            GaugeMetricFamily(
+                "roost_drift_window_rows", "Rows currently in the drift window", labels=base
+            ),
+            CounterMetricFamily(
+                "roost_predictions",
+                "Predictions per class label (classifier) or output bin (regressor)",
+                labels=[*base, "bin"],
+            ),
+        )
+
+
+def _rows(inputs: Mapping[str, npt.NDArray[Any]], outputs: Mapping[str, npt.NDArray[Any]]) -> int:
+    """Batch size: the leading dimension of the first input (or output) tensor."""
+    for arrays in (inputs, outputs):
+        for arr in arrays.values():
+            shape = np.shape(arr)
+            return int(shape[0]) if shape else 1
+    return 0
