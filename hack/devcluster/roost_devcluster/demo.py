@@ -1,0 +1,372 @@
+"""`make demo`: roost's main job, end to end, on the local control plane.
+
+1. builds the example models (scikit-learn's wine data set), starts the local control plane;
+2. installs roost with its Helm chart: the operator runs as the chart's ServiceAccount
+   (the pod runner gives it a TokenRequest token), watching the demo namespace;
+3. deploys model v1, sends bounded live traffic to the serving pods (by pod IP, in proportion
+   to replicas), then applies v2 and prints the canary step by step until it is promoted;
+4. applies a model that predicts a constant class and prints the automatic rollback and why;
+5. draws the rollout timeline (PNG) and prints where everything is.
+
+It exits non-zero when any stage does not behave as expected. The e2e test
+`tests/e2e/test_demo.py` runs the same `run()` against the test cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from roost_devcluster import controlplane
+from roost_devcluster.kubeapi import ApiError, KubeApi
+from roost_devcluster.paths import REPO_ROOT, Layout, binary_dirs, default_state_dir, find_binary
+from roost_devcluster.prometheus import run_prometheus
+from roost_devcluster.traffic import Traffic
+
+MD_PATH = "/apis/roost.dev/v1alpha1/namespaces/{ns}/modeldeployments"
+DEMO_NAMESPACE = "roost-demo"
+NAME = "wine"
+STAGE_TIMEOUT = 240.0  # seconds one stage may take before the demo calls it failed
+Log = Callable[[str], None]
+
+
+class DemoError(RuntimeError):
+    """A stage did not behave as expected."""
+
+
+@dataclass
+class Result:
+    """What the demo saw, for its summary and for the e2e test."""
+
+    promoted_revision: str = ""
+    promote_seconds: float = 0.0
+    rolled_back_revision: str = ""
+    rollback_seconds: float = 0.0
+    rollback_reason: str = ""
+    timeline_png: Path | None = None
+    requests: dict[int, int] = field(default_factory=dict)
+
+
+def _models() -> dict[str, Path]:
+    subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "build_models.py")], check=True)
+    root = REPO_ROOT / "examples" / "models"
+    return {p.name: p for p in root.iterdir() if (p / "model.onnx").is_file()}
+
+
+def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
+    """The demo ModelDeployment: 4 replicas, a two-step canary judged every 4 s."""
+    return {
+        "apiVersion": "roost.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "model": {
+                "uri": (model_dir / "model.onnx").as_uri(),
+                "profileUri": (model_dir / "profile.json").as_uri(),
+            },
+            "replicas": 4,
+            "rollout": {
+                "steps": [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}],
+                "analysis": {
+                    "interval": "4s",
+                    "minRequests": 20,
+                    "failureLimit": 2,
+                    "gates": {
+                        "errorRate": {"max": 0.05},
+                        "latency": {"maxP99Seconds": 0.5},
+                        "drift": {"maxPSI": 0.25},
+                        "divergence": {"maxJSDistance": 0.3},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _apply(api: KubeApi, body: Mapping[str, Any]) -> None:
+    ns = body["metadata"]["namespace"]
+    api.apply(
+        f"{MD_PATH.format(ns=ns)}/{body['metadata']['name']}", dict(body), manager="roost-demo"
+    )
+
+
+def _get(api: KubeApi, namespace: str) -> dict[str, Any]:
+    return api.get(f"{MD_PATH.format(ns=namespace)}/{NAME}")
+
+
+def _condition(md: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for c in (md.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def _gate_line(analysis: Mapping[str, Any]) -> str:
+    parts = []
+    for g in analysis.get("gates") or []:
+        value = g.get("value")
+        shown = "n/a" if value is None else f"{value:.3g}"
+        parts.append(f"{g['name']} {shown} (≤ {g.get('threshold')}: {g.get('verdict')})")
+    return ", ".join(parts)
+
+
+class Watcher:
+    """Polls the ModelDeployment, prints what changed and records the timeline."""
+
+    def __init__(self, api: KubeApi, namespace: str, record: Path, traffic: Traffic, log: Log):
+        self.api, self.namespace, self.record, self.traffic, self.log = (
+            api,
+            namespace,
+            record,
+            traffic,
+            log,
+        )
+        self._last_line = ""
+        self._last_counts: tuple[float, int, int] = (time.monotonic(), 0, 0)
+
+    def poll(self) -> dict[str, Any]:
+        """One poll: a timeline sample and a printed line when the rollout moved."""
+        from roost_operator import timeline
+
+        md = _get(self.api, self.namespace)
+        now_mono = time.monotonic()
+        codes = self.traffic.snapshot()
+        sent, errors = sum(codes.values()), sum(n for c, n in codes.items() if not 200 <= c < 300)
+        t0, sent0, errors0 = self._last_counts
+        dt = max(now_mono - t0, 1e-3)
+        extra = {"requestRate": (sent - sent0) / dt, "errorRate": (errors - errors0) / dt}
+        self._last_counts = (now_mono, sent, errors)
+        timeline.append(self.record, timeline.sample(md, datetime.now(UTC), extra))
+        status = md.get("status") or {}
+        canary = status.get("canary") or {}
+        analysis = canary.get("lastAnalysis") or {}
+        if canary:
+            line = (
+                f"  canary {canary.get('revision')} step {int(canary.get('step', 0)) + 1}"
+                f" weight {canary.get('weight')}% ready {canary.get('readyReplicas', 0)}"
+            )
+            if analysis:
+                line += f" | analysis {analysis.get('verdict')}: {_gate_line(analysis)}"
+        else:
+            ready = _condition(md, "Ready")
+            stable = (status.get("stable") or {}).get("revision")
+            line = f"  stable {stable} Ready={ready.get('status')}"
+        if line != self._last_line:
+            self.log(line)
+            self._last_line = line
+        return md
+
+    def until(self, what: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Poll every second until `done`, or fail after STAGE_TIMEOUT."""
+        deadline = time.monotonic() + STAGE_TIMEOUT
+        while True:
+            md = self.poll()
+            if done(md):
+                return md
+            if time.monotonic() > deadline:
+                raise DemoError(f"{what} did not happen within {STAGE_TIMEOUT:.0f} s")
+            time.sleep(1.0)
+
+
+def _history_outcome(md: Mapping[str, Any], revision: str) -> Mapping[str, Any] | None:
+    for entry in reversed((md.get("status") or {}).get("history") or []):
+        if entry.get("revision") == revision:
+            return dict(entry)
+    return None
+
+
+def _helm_install(cluster: controlplane.Cluster, namespace: str, release: str, log: Log) -> None:
+    helm = find_binary("helm", binary_dirs())
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "HELM_CACHE_HOME": "/tmp/roost-helm",
+    }
+    log(f"helm install {release} charts/roost (namespaced mode, watching {namespace})")
+    subprocess.run(
+        [
+            str(helm),
+            "upgrade",
+            "--install",
+            release,
+            str(REPO_ROOT / "charts" / "roost"),
+            "--namespace",
+            namespace,
+            "--set",
+            "rbac.scope=namespaced",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _helm_uninstall(cluster: controlplane.Cluster, namespace: str, release: str) -> None:
+    helm = find_binary("helm", binary_dirs())
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    subprocess.run(
+        [str(helm), "uninstall", release, "--namespace", namespace, "--wait"],
+        check=False,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _ensure_namespace(api: KubeApi, namespace: str) -> None:
+    try:
+        api.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    except ApiError as e:
+        if e.status != 409:
+            raise
+
+
+def run(
+    cluster: controlplane.Cluster,
+    out_dir: Path,
+    *,
+    namespace: str = DEMO_NAMESPACE,
+    release: str = "roost",
+    log: Log = print,
+    keep: bool = True,
+) -> Result:
+    """The demo's core, shared by `make demo` and its e2e test."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = Result()
+    log("building the example models (scikit-learn wine data set → ONNX + reference profiles)")
+    models = _models()
+    api = cluster.api()
+    _ensure_namespace(api, namespace)
+    api.apply(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/modeldeployments.roost.dev",
+        _crd(),
+        manager="roost-demo",
+    )
+    _helm_install(cluster, namespace, release, log)
+    rows = json.loads((models["wine-v1"] / "sample.json").read_text())["rows"]
+    record = out_dir / "demo-timeline.jsonl"
+    record.unlink(missing_ok=True)
+    try:
+        log(f"deploying model v1 ({NAME}, 4 replicas)")
+        _apply(api, manifest(namespace, models["wine-v1"]))
+        with Traffic(api, namespace, NAME, rows, rate=40, duration=3 * STAGE_TIMEOUT) as traffic:
+            watch = Watcher(api, namespace, record, traffic, log)
+            watch.until("v1 Ready", lambda md: _condition(md, "Ready").get("status") == "True")
+            log("model v1 is Ready; live traffic flowing (40 req/s, round-robin over pod IPs)")
+
+            log("applying model v2 → canary")
+            started = time.monotonic()
+            _apply(api, manifest(namespace, models["wine-v2"]))
+            md = watch.until(
+                "a canary for v2", lambda md: bool((md.get("status") or {}).get("canary"))
+            )
+            revision = str(md["status"]["canary"]["revision"])
+            md = watch.until(
+                "v2 promoted or rolled back", lambda md: _history_outcome(md, revision) is not None
+            )
+            entry = _history_outcome(md, revision) or {}
+            if entry.get("outcome") != "Promoted":
+                raise DemoError(
+                    f"v2 was not promoted: {entry.get('outcome')}: {entry.get('reason')}"
+                )
+            result.promoted_revision, result.promote_seconds = revision, time.monotonic() - started
+            log(f"PROMOTED {revision} after {result.promote_seconds:.0f} s: {entry.get('reason')}")
+
+            log("applying a bad model (predicts one class for every input) → canary")
+            started = time.monotonic()
+            _apply(api, manifest(namespace, models["wine-constant"]))
+            md = watch.until(
+                "a canary for the bad model",
+                lambda md: (
+                    ((md.get("status") or {}).get("canary") or {}).get("revision")
+                    not in (None, revision)
+                ),
+            )
+            bad = str(md["status"]["canary"]["revision"])
+            md = watch.until(
+                "the bad model's verdict", lambda md: _history_outcome(md, bad) is not None
+            )
+            entry = _history_outcome(md, bad) or {}
+            if entry.get("outcome") != "RolledBack":
+                raise DemoError(f"the bad model was not rolled back: {entry.get('outcome')}")
+            stalled = _condition(md, "Stalled")
+            if stalled.get("reason") != "CanaryRolledBack":
+                raise DemoError(f"Stalled condition is {stalled}, expected reason CanaryRolledBack")
+            if (md["status"].get("stable") or {}).get("revision") != revision:
+                raise DemoError("after the rollback the stable revision is not v2 any more")
+            result.rolled_back_revision, result.rollback_seconds = bad, time.monotonic() - started
+            result.rollback_reason = str(stalled.get("message", ""))
+            log(
+                f"ROLLED BACK {bad} after {result.rollback_seconds:.0f} s: {result.rollback_reason}"
+            )
+            for _ in range(3):  # a few more samples so the picture shows the stable state after
+                watch.poll()
+                time.sleep(1.0)
+            result.requests = traffic.snapshot()
+    finally:
+        if not keep:
+            _helm_uninstall(cluster, namespace, release)
+    from roost_operator import timeline
+
+    png = out_dir / "demo-timeline.png"
+    timeline.plot(timeline.load(record), png, title=f"{namespace}/{NAME}")
+    result.timeline_png = png
+    return result
+
+
+def _crd() -> dict[str, Any]:
+    import yaml
+
+    crd: dict[str, Any] = yaml.safe_load((REPO_ROOT / "crds" / "modeldeployment.yaml").read_text())
+    return crd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`make demo`."""
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "out", help="where the PNG goes")
+    args = parser.parse_args(argv)
+    layout = Layout(default_state_dir())
+    start = time.monotonic()
+    try:
+        cluster = controlplane.up(layout, log=print)
+        with run_prometheus(layout, cluster.server) as prom:
+            result = run(cluster, args.out)
+            seen = prom.query("sum by (revision) (roost_requests_total)")
+    except (DemoError, controlplane.StartError, subprocess.CalledProcessError, ApiError) as e:
+        print(f"\nDEMO FAILED: {e}", file=sys.stderr)
+        print(f"logs: {layout.logs}", file=sys.stderr)
+        return 1
+    by_code = ", ".join(f"{code}: {n}" for code, n in sorted(result.requests.items()))
+    print(f"\nroost demo finished in {time.monotonic() - start:.0f} s")
+    print(f"  promoted    {result.promoted_revision} in {result.promote_seconds:.0f} s")
+    print(f"  rolled back {result.rolled_back_revision} in {result.rollback_seconds:.0f} s")
+    print(f"  client requests by status code: {by_code}")
+    for sample in seen:
+        print(
+            f"  Prometheus saw {float(sample['value'][1]):.0f} requests"
+            f" on revision {sample['metric'].get('revision')}"
+        )
+    print(f"  timeline picture: {result.timeline_png}")
+    print(f"\n  export KUBECONFIG={cluster.kubeconfig}")
+    print(f"  kubectl get md -n {DEMO_NAMESPACE}; kubectl roost status {NAME} -n {DEMO_NAMESPACE}")
+    print(f"  component and pod logs: {layout.logs}")
+    print("  tear down: make cluster-down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The demo's core (`make demo`) on the test cluster: the same code path, asserted.
+
+roost installed with its Helm chart (the operator running as the chart's ServiceAccount),
+model v1 deployed under live traffic, v2 promoted through every canary step, and a model that
+predicts a constant class rolled back by the divergence gate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from roost_devcluster import controlplane, demo
+
+
+def test_demo_promotes_v2_and_rolls_back_the_bad_model(
+    cluster: controlplane.Cluster, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    namespace = f"demo-{suffix}"
+    api = cluster.api()
+    try:
+        result = demo.run(
+            cluster, tmp_path, namespace=namespace, release=f"roost-{suffix}", keep=False
+        )
+    finally:
+        api.delete(f"/api/v1/namespaces/{namespace}")
+    assert result.promoted_revision
+    assert result.rolled_back_revision
+    assert result.rolled_back_revision != result.promoted_revision
+    assert "divergence" in result.rollback_reason
+    assert result.requests.get(200, 0) > 100
+    assert result.timeline_png is not None
+    assert result.timeline_png.read_bytes()[:4] == b"\x89PNG"
