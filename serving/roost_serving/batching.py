@@ -28,6 +28,12 @@ from roost_serving.protocol import RoostError
 
 log = logging.getLogger("roost.batching")
 
+INLINE_RUN_SECONDS = 0.0005
+"""Runs expected to take less than this happen on the event loop itself: handing a run to
+the worker thread and back costs tens of microseconds of CPU and two context switches, more
+than a small tabular model's whole run. Slower models run on the worker thread, so the loop
+keeps accepting and decoding requests (and answering probes) while they compute."""
+
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Mapping[str, np.ndarray]], Tensors]
 BatchHook = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int], None]
@@ -84,6 +90,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-run")
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._run_seconds = 0.0
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -166,7 +173,13 @@ class Batcher:
             for item in batch:
                 self._on_dequeue(started - item.enqueued)
             try:
-                results = await loop.run_in_executor(self._executor, self._execute, batch)
+                if self._run_seconds < INLINE_RUN_SECONDS:
+                    results = self._execute(batch)
+                else:
+                    results = await loop.run_in_executor(self._executor, self._execute, batch)
+                # Exponential average of run time decides where the next run happens.
+                elapsed = time.perf_counter() - started
+                self._run_seconds += 0.1 * (elapsed - self._run_seconds)
             except BaseException as exc:  # delivered to every waiting request, never lost
                 for item in batch:
                     if not item.future.done():

@@ -1,0 +1,266 @@
+"""Serving throughput and latency: `roost serve` against a bare ASGI + onnxruntime floor.
+
+Starts `roost serve` (metrics and drift tracking on, one process) on 127.0.0.1 with the
+bench-rf20 example model (100-tree depth-8 random forest over 20 features), then a minimal
+ASGI app serving the same model the cheapest way (uvicorn + httptools + uvloop, orjson,
+inline onnxruntime run, no validation, no metrics), and drives each with Debian's `wrk` at
+concurrency 1, 8 and 32 with single-row V2 requests. Prints req/s, p50/p99 latency and the
+server's CPU time per request for both, and roost's share of the floor's throughput.
+
+    python benchmarks/bench_serving.py [--duration 10] [--concurrency 1 8 32]
+
+Only loopback is targeted; every load run is bounded by --duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "bench_serving.lua"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+BARE_APP = textwrap.dedent(
+    '''
+    """The floor: the least an HTTP server can do to run one V2 request through the model."""
+    import os
+    import numpy as np, onnxruntime as ort, orjson
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(os.environ["BARE_MODEL"], options, providers=["CPUExecutionProvider"])
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        tensor = orjson.loads(body)["inputs"][0]
+        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        label, proba = session.run(None, {"X": x})
+        out = orjson.dumps({"outputs": [{"name": "label", "data": label},
+                                        {"name": "probabilities", "data": proba.ravel()}]},
+                           option=orjson.OPT_SERIALIZE_NUMPY)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": out})
+    '''
+)
+
+
+@dataclass
+class Result:
+    """One wrk run against one server."""
+
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def model_dir(work: Path) -> Path:
+    """examples/models/bench-rf20 (built by examples/build_models.py), or an identical local one."""
+    examples = ROOT / "examples" / "models" / "bench-rf20"
+    if not (examples / "model.onnx").exists() and (ROOT / "examples" / "build_models.py").exists():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "build_models.py")], check=True)
+    if (examples / "model.onnx").exists():
+        return examples
+    # Same recipe as the example, so the benchmark also runs where the examples are absent.
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 20)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(int)
+    forest = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0).fit(x, y)
+    onx = to_onnx(forest, x[:1], options={id(forest): {"zipmap": False}})
+    out = work / "bench-rf20"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(onx.SerializeToString())
+    return out
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Poll readiness (bounded) until 200."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} not ready after 60s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def run_wrk(url: str, body: Path, pid: int, concurrency: int, duration: int) -> Result:
+    """One bounded wrk run; returns throughput, latency and server CPU per request."""
+    threads = 1 if concurrency < 8 else 2
+    base = ["wrk", f"-t{threads}", f"-c{concurrency}", "-s", str(LUA)]
+    # Warm-up: connections, caches, the batcher's steady state.
+    subprocess.run([*base, "-d2s", url, "--", str(body)], check=True, capture_output=True)
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        [*base, f"-d{duration}s", "--latency", url, "--", str(body)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    used = cpu_seconds(pid) - before
+    line = next(ln for ln in out.splitlines() if ln.startswith("ROOST_RESULT "))
+    data = json.loads(line.removeprefix("ROOST_RESULT "))
+    requests = max(int(data["requests"]), 1)
+    return Result(
+        concurrency=concurrency,
+        rps=requests / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        cpu_us_per_request=used / requests * 1e6,
+        errors=int(data["non2xx"]) + int(data["socket_errors"]),
+    )
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a server process quietly."""
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then wait (bounded)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models = model_dir(work)
+        profile = models / "profile.json"
+        row = np.random.default_rng(1).normal(size=20).astype(np.float32).tolist()
+        body = work / "body.json"
+        body.write_text(
+            json.dumps(
+                {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 20], "data": row}]}
+            )
+        )
+        (work / "bare.py").write_text(BARE_APP)
+        results: dict[str, list[Result]] = {}
+        roost_port, bare_port = free_port(), free_port()
+        roost_cmd = [sys.executable, "-m", "roost_serving", "serve", "--name", "bench-rf20"]
+        roost_env = {
+            "ROOST_MODEL": str(models / "model.onnx"),
+            "ROOST_PORT": str(roost_port),
+            "ROOST_LOG_LEVEL": "warning",
+        }
+        if profile.exists():
+            roost_env["ROOST_PROFILE"] = str(profile)
+        bare_cmd = [
+            sys.executable, "-m", "uvicorn", "bare:app", "--app-dir", str(work),
+            "--port", str(bare_port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+        servers = {
+            "roost": (roost_cmd, roost_env, roost_port, "/v2/models/bench-rf20/infer", "/v2/health/ready"),
+            "bare": (bare_cmd, {"BARE_MODEL": str(models / "model.onnx")}, bare_port, "/", "/"),
+        }  # fmt: skip
+        for name, (cmd, env, port, path, ready) in servers.items():
+            proc = start(cmd, env)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                if name == "bare":
+                    wait_ready_post(base, body, proc)
+                else:
+                    wait_ready(base + ready, proc)
+                results[name] = [
+                    run_wrk(base + path, body, proc.pid, c, args.duration) for c in args.concurrency
+                ]
+                if name == "roost":
+                    metrics = httpx.get(base + "/metrics").text
+            finally:
+                stop(proc)
+    print(f"bench-rf20 single-row requests, {args.duration}s per run, drift "
+          f"{'on' if profile.exists() else 'off (no profile.json)'}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'server':<6} {'conc':>4} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'cpu us/req':>10} {'errors':>6}")  # fmt: skip
+    for name, rows in results.items():
+        for r in rows:
+            print(f"{name:<6} {r.concurrency:>4} {r.rps:>9.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
+                  f"{r.cpu_us_per_request:>10.1f} {r.errors:>6}")  # fmt: skip
+    for ours, floor in zip(results["roost"], results["bare"], strict=True):
+        print(
+            f"roost/bare throughput at concurrency {ours.concurrency}: {ours.rps / floor.rps:.0%}"
+        )
+    batch = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("roost_batch_size_sum", "roost_batch_size_count"))
+    }
+    sums = [v for k, v in batch.items() if k.startswith("roost_batch_size_sum")]
+    counts = [v for k, v in batch.items() if k.startswith("roost_batch_size_count")]
+    if sums and counts and counts[0]:
+        print(f"roost mean rows per onnxruntime run over all runs: {sums[0] / counts[0]:.2f}")
+
+
+def wait_ready_post(base: str, body: Path, proc: subprocess.Popen[bytes]) -> None:
+    """The bare app has no health route; wait until it answers an inference."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.post(base + "/", content=body.read_bytes(), timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("bare server did not start")
+
+
+if __name__ == "__main__":
+    main()
