@@ -2,10 +2,11 @@
 
 Session-scoped:
 - ``cluster``: a running ``roost_devcluster.controlplane.Cluster`` with its own state dir
-  (``$ROOST_DEVCLUSTER_TEST_DIR``, default ``~/.cache/roost/devcluster-test``), the pod runner
-  included; torn down at session end (set ``ROOST_KEEP_CLUSTER=1`` to keep it for debugging).
-  If it cannot start the session FAILS with the reason and the component log tails — e2e tests
-  are never skipped.
+  (``<pytest basetemp>/devcluster``, so concurrent sessions never share a cluster; set
+  ``ROOST_DEVCLUSTER_TEST_DIR`` to pin one), the pod runner included; torn down at session end
+  (``ROOST_KEEP_CLUSTER=1`` keeps it; with a pinned dir the next session reuses it). Component
+  and container logs are copied to ``<basetemp>/devcluster-logs`` first. If it cannot start
+  the session FAILS with the reason and the component log tails: e2e tests are never skipped.
 - ``kubeconfig``: admin kubeconfig path (use with ``kubectl --kubeconfig`` or ``KUBECONFIG``).
 - ``kube``: ``kubernetes.client.ApiClient`` for that kubeconfig.
 - ``kube_api``: ``roost_devcluster.kubeapi.KubeApi`` (raw JSON REST; used by the helpers).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,22 +49,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def _test_layout() -> Layout:
-    override = os.environ.get("ROOST_DEVCLUSTER_TEST_DIR")
-    root = Path(override) if override else Path.home() / ".cache" / "roost" / "devcluster-test"
-    return Layout(root.expanduser().resolve())
+def _keep_logs(layout: Layout, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for log in [*layout.logs.glob("*.log"), *layout.pods.glob("*.log")]:
+        shutil.copy2(log, target / log.name)
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[controlplane.Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.Cluster]:
     """The dev cluster for this test session (started once, stopped at the end)."""
-    layout = _test_layout()
+    override = os.environ.get("ROOST_DEVCLUSTER_TEST_DIR")
+    basetemp = tmp_path_factory.getbasetemp()
+    root = Path(override).expanduser() if override else basetemp / "devcluster"
+    layout = Layout(root.resolve())
     try:
         running = controlplane.up(layout, log=lambda message: print(message))
     except (controlplane.StartError, FileNotFoundError, OSError) as exc:
         tails = controlplane.log_tails(layout) if layout.logs.exists() else ""
         pytest.fail(f"the dev cluster did not start: {exc}\n{tails}", pytrace=False)
     yield running
+    _keep_logs(layout, basetemp / "devcluster-logs")
     if os.environ.get("ROOST_KEEP_CLUSTER") != "1":
         controlplane.down(layout)
 

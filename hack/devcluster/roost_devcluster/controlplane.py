@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from roost_devcluster.kubeapi import ApiError, KubeApi, api_path, kubeconfig_doc
 from roost_devcluster.paths import REPO_ROOT, Layout, binary_dirs, find_binary
 
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
-NODES = {"kwok-node-0": "127.1.0.0/24", "kwok-node-1": "127.2.0.0/24"}
+NODE_NAMES = ("kwok-node-0", "kwok-node-1")
 SERVICE_CIDR = "10.96.0.0/16"
 START_TIMEOUT = 120.0
 
@@ -57,6 +59,25 @@ class Cluster:
     def api(self) -> KubeApi:
         """An admin REST client (close it when done)."""
         return KubeApi.from_kubeconfig(self.kubeconfig)
+
+
+def node_cidrs(root: Path) -> dict[str, str]:
+    """podCIDR per kwok node: 127.<n+1>.<x>.0/24, x derived from the state directory so that
+    clusters of different state dirs (a dev cluster and a test session) rarely share pod IPs."""
+    x = zlib.crc32(str(root).encode()) % 254 + 1
+    return {name: f"127.{i + 1}.{x}.0/24" for i, name in enumerate(NODE_NAMES)}
+
+
+@contextlib.contextmanager
+def locked(layout: Layout) -> Iterator[None]:
+    """Serialise up/down on one state directory across processes."""
+    layout.root.parent.mkdir(parents=True, exist_ok=True)
+    with (layout.root.parent / f".{layout.root.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
@@ -212,10 +233,15 @@ def status(layout: Layout) -> Cluster | None:
 
 def up(layout: Layout, ready_all: bool = False, log: Callable[[str], None] = print) -> Cluster:
     """Start the cluster (or return the healthy one already running there)."""
+    with locked(layout):
+        return _up(layout, ready_all, log)
+
+
+def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
     running = status(layout)
     if running is not None:
         return running
-    down(layout)  # leftovers of a crashed or half-started cluster
+    _down(layout)  # leftovers of a crashed or half-started cluster
     start = time.monotonic()
     deadline = start + START_TIMEOUT
     dirs = binary_dirs()
@@ -265,7 +291,7 @@ def up(layout: Layout, ready_all: bool = False, log: Callable[[str], None] = pri
                     "--node-ip=127.0.0.1",
                 ],
             )
-            for name, cidr in NODES.items():
+            for name, cidr in node_cidrs(layout.root).items():
                 with contextlib.suppress(ApiError):  # already there after a restart
                     api.create(api_path("v1", "nodes", None), _node(name, cidr))
             if not ready_all:
@@ -310,11 +336,16 @@ def _nodes_ready(api: KubeApi) -> bool:
             for c in n.get("status", {}).get("conditions", [])
         )
     }
-    return set(NODES) <= ready
+    return set(NODE_NAMES) <= ready
 
 
 def down(layout: Layout) -> None:
     """Stop everything recorded under the state directory, then remove it."""
+    with locked(layout):
+        _down(layout)
+
+
+def _down(layout: Layout) -> None:
     state = procs.ClusterState.load(layout.state_file)
     recorded = state.procs if state else []
     # Stop the pod runner first (it stops its children), then any orphaned children it left,
