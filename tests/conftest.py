@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
-def _load_builder() -> ModuleType:
+def load_builder() -> ModuleType:
     """Import examples/build_models.py (a script, not a package) as a module."""
     spec = importlib.util.spec_from_file_location(
         "roost_build_models", EXAMPLES / "build_models.py"
@@ -33,5 +33,5 @@ def _load_builder() -> ModuleType:
 @pytest.fixture(scope="session")
 def example_models() -> dict[str, Path]:
     """name -> directory of each example model (wine-v1, wine-v2, ..., bench-rf20)."""
-    built: dict[str, Path] = _load_builder().build_all(EXAMPLES / "models")
+    built: dict[str, Path] = load_builder().build_all(EXAMPLES / "models")
     return built
