@@ -43,7 +43,9 @@ BARE_APP = textwrap.dedent(
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(os.environ["BARE_MODEL"], options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        os.environ["BARE_MODEL"], options, providers=["CPUExecutionProvider"]
+    )
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -207,8 +209,9 @@ def main() -> None:
             "--port", str(bare_port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
+        infer_path = "/v2/models/bench-rf20/infer"
         servers = {
-            "roost": (roost_cmd, roost_env, roost_port, "/v2/models/bench-rf20/infer", "/v2/health/ready"),
+            "roost": (roost_cmd, roost_env, roost_port, infer_path, "/v2/health/ready"),
             "bare": (bare_cmd, {"BARE_MODEL": str(models / "model.onnx")}, bare_port, "/", "/"),
         }  # fmt: skip
         for name, (cmd, env, port, path, ready) in servers.items():
@@ -226,8 +229,9 @@ def main() -> None:
                     metrics = httpx.get(base + "/metrics").text
             finally:
                 stop(proc)
-    print(f"bench-rf20 single-row requests, {args.duration}s per run, drift "
-          f"{'on' if profile.exists() else 'off (no profile.json)'}, {os.cpu_count()} CPUs")  # fmt: skip
+    drift = "on" if profile.exists() else "off (no profile.json)"
+    print(f"bench-rf20 single-row requests, {args.duration}s per run, drift {drift}, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
     print(f"{'server':<6} {'conc':>4} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'cpu us/req':>10} {'errors':>6}")  # fmt: skip
     for name, rows in results.items():

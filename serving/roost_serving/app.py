@@ -16,6 +16,7 @@ and exits 1 with ``roost: error: <reason>``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -133,6 +134,11 @@ class DataPlane:
         )
         batcher.start()
         self.model, self.monitor, self.batcher = model, monitor, batcher
+        # Everything allocated so far (imports, app, model) lives as long as the process; moving
+        # it out of the collector's generations keeps full collections, which otherwise walk
+        # every one of those objects and stall the loop for milliseconds, short.
+        gc.collect()
+        gc.freeze()
         log.info(
             "model %r loaded from %s in %.3fs (sha256 %s, batching %s)",
             settings.name,
