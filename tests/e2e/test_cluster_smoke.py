@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from roost_devcluster.kubeapi import KubeApi, api_path
 from roost_devcluster.waiting import container_status, list_pods, wait_for, wait_pods_ready
@@ -23,27 +22,6 @@ pytestmark = pytest.mark.e2e
 
 SELECTOR = "app=smoke"
 WINE_ROW = [13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050.0]
-
-
-@pytest.fixture(scope="module")
-def wine_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ONNX classifier on the 13 wine features (input ``X`` FP32 [-1, 13])."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_wine
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    features, labels = load_wine(return_X_y=True)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    model.fit(features.astype(np.float32), labels)
-    onx = to_onnx(
-        model, initial_types=[("X", FloatTensorType([None, 13]))], options={"zipmap": False}
-    )
-    path = tmp_path_factory.mktemp("wine") / "model.onnx"
-    path.write_bytes(onx.SerializeToString())
-    return path
 
 
 def _kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:

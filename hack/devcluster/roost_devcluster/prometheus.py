@@ -1,11 +1,14 @@
 """Debian's Prometheus on 127.0.0.1, discovering the dev cluster's serving pods.
 
-``run_prometheus(layout)`` is a context manager yielding a ``Prometheus`` (``.url``, ``.query``).
-It uses ``kubernetes_sd_configs`` (role ``pod``) against the cluster's apiserver with the admin
-client certificate, keeps running pods labelled ``roost.dev/serving=true``, scrapes
-``<podIP>:<containerPort>/metrics`` of every declared container port and sets the target
-labels ``namespace``, ``pod``, ``container`` and ``modeldeployment`` (``revision`` is left to
-the metric's own label). The scrape interval defaults to 2 s so tests see data quickly.
+``run_prometheus(layout, server)`` is a context manager yielding a ``Prometheus`` (``.url``,
+``.query``, ``.targets``). Discovery is role ``pod`` against the cluster's apiserver: Debian's
+build lacks ``kubernetes_sd_configs``, so ``sdbridge`` serves the same ``__meta_kubernetes_*``
+labels over ``http_sd_configs`` (``scrape_config(..., kubernetes=True)`` gives the equivalent
+``kubernetes_sd_configs`` block for a Prometheus that has it). The relabelling keeps running
+pods labelled ``roost.dev/serving=true``, scrapes ``<podIP>:<containerPort>/metrics`` of every
+declared container port and sets the target labels ``namespace``, ``pod``, ``container`` and
+``modeldeployment`` (``revision`` stays the metric's own label). Scrape and discovery
+intervals default to 2 s so tests see data quickly.
 """
 
 from __future__ import annotations
@@ -24,19 +27,29 @@ import httpx
 import yaml
 
 from roost_devcluster import procs
+from roost_devcluster.kubeapi import KubeApi
 from roost_devcluster.paths import Layout
+from roost_devcluster.sdbridge import SdBridge
 
 READY_TIMEOUT = 60.0
 
 
-def scrape_config(layout: Layout, server: str, interval: str = "2s") -> dict[str, Any]:
-    """The prometheus.yml for this cluster."""
+def scrape_config(
+    layout: Layout, discovery: str, interval: str = "2s", kubernetes: bool = False
+) -> dict[str, Any]:
+    """The prometheus.yml: ``discovery`` is the HTTP SD URL, or the apiserver URL when
+    ``kubernetes`` (a Prometheus built with Kubernetes discovery)."""
     pki = layout.pki
     tls = {
         "ca_file": str(pki / "ca.crt"),
         "cert_file": str(pki / "admin.crt"),
         "key_file": str(pki / "admin.key"),
     }
+    sd: dict[str, Any] = (
+        {"kubernetes_sd_configs": [{"role": "pod", "api_server": discovery, "tls_config": tls}]}
+        if kubernetes
+        else {"http_sd_configs": [{"url": discovery, "refresh_interval": interval}]}
+    )
 
     def copy(source: str, target: str) -> dict[str, Any]:
         return {"source_labels": [source], "target_label": target}
@@ -49,7 +62,7 @@ def scrape_config(layout: Layout, server: str, interval: str = "2s") -> dict[str
                 "scrape_interval": interval,
                 "scrape_timeout": interval,
                 "metrics_path": "/metrics",
-                "kubernetes_sd_configs": [{"role": "pod", "api_server": server, "tls_config": tls}],
+                **sd,
                 "relabel_configs": [
                     {
                         "source_labels": ["__meta_kubernetes_pod_label_roost_dev_serving"],
@@ -106,14 +119,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def run_prometheus(layout: Layout, server: str, interval: str = "2s") -> Iterator[Prometheus]:
-    """Start Prometheus for the cluster at ``server``; stopped and its data removed on exit."""
+def run_prometheus(layout: Layout, interval: str = "2s") -> Iterator[Prometheus]:
+    """Start Prometheus for the cluster of ``layout``; stopped and its data removed on exit."""
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(binary).exists():
         raise FileNotFoundError("prometheus is not installed: run `make system-deps`")
     work = Path(tempfile.mkdtemp(prefix="prometheus-", dir=layout.root))
     config = work / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(layout, server, interval), sort_keys=False))
+    api = KubeApi.from_kubeconfig(layout.kubeconfig)
+    bridge = SdBridge(api).start()
+    config.write_text(yaml.safe_dump(scrape_config(layout, bridge.url, interval), sort_keys=False))
     port = _free_port()
     log = work / "prometheus.log"
     proc = procs.spawn(
@@ -144,4 +159,6 @@ def run_prometheus(layout: Layout, server: str, interval: str = "2s") -> Iterato
         yield prom
     finally:
         procs.stop([proc], grace=5.0)
+        bridge.stop()
+        api.close()
         shutil.rmtree(work, ignore_errors=True)
