@@ -153,3 +153,11 @@ def start_server() -> Iterator[type[RunningServer]]:
     yield _Tracked
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def forest_server(serving_models: dict[str, Path]) -> Iterator[RunningServer]:
+    """One forest-model server shared by a module's tests (e.g. many property examples)."""
+    server = RunningServer(Settings(model=str(serving_models["forest"]), name="forest"))
+    yield server
+    server.stop()
