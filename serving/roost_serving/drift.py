@@ -217,10 +217,15 @@ class BinnedWindow:
             self._head = 0
             self._rows = self.size
             return
-        pos = (self._head + np.arange(n)) % self.size
-        evicted = self._ring[pos]
-        self._counts -= np.bincount(evicted.ravel(), minlength=self.n_slots + 1)
-        self._counts += np.bincount(slots.ravel(), minlength=self.n_slots + 1)
+        end = self._head + n
+        # Slices (views) when the batch does not wrap around the ring: the common case, and
+        # cheaper than fancy indexing for the one-row batches of an idle server.
+        pos: slice | IntArray = (
+            slice(self._head, end) if end <= self.size else np.arange(self._head, end) % self.size
+        )
+        minlength = self.n_slots + 1
+        self._counts -= np.bincount(self._ring[pos].ravel(), minlength=minlength)
+        self._counts += np.bincount(slots.ravel(), minlength=minlength)
         self._ring[pos] = slots
         self._head = (self._head + n) % self.size
         self._rows = min(self.size, self._rows + n)

@@ -63,6 +63,8 @@ class _NumericGroup:
     ragged: tuple[npt.NDArray[np.float64], ...]  # unpadded edges, for the searchsorted path
     offsets: IntArray  # first global slot of each feature
     missing: IntArray  # slot counting NaN / absent values of each feature
+    take: slice | IntArray  # the columns, as a slice when contiguous (a view, no copy)
+    width: int  # the input must have at least this many columns
 
 
 @dataclass(frozen=True)
@@ -85,20 +87,20 @@ class _Lookup:
             ints = np.asarray([int(c) for c in classes], dtype=np.int64)
         except ValueError:
             ints = None
-        self._int_order = None if ints is None else np.argsort(ints)
-        self._int_sorted = None if ints is None else ints[self._int_order]
+        # Small non-negative integer classes (0, 1, 2, ...: what skl2onnx classifiers output)
+        # get a direct lookup table: one clip and one take per batch.
+        self._table: IntArray | None = None
+        if ints is not None and ints.size and ints.min() >= 0 and ints.max() < 4096:
+            self._table = np.full(int(ints.max()) + 2, self.n, dtype=np.int64)
+            self._table[ints] = np.arange(self.n, dtype=np.int64)
 
     def __call__(self, values: npt.NDArray[Any]) -> IntArray:
-        if (
-            self._int_sorted is not None
-            and self._int_order is not None
-            and values.dtype.kind in "iu"
-        ):
-            if self.n == 0:
-                return np.zeros(values.size, dtype=np.int64)
-            pos = np.minimum(np.searchsorted(self._int_sorted, values), self.n - 1)
-            found = self._int_sorted[pos] == values
-            return np.where(found, self._int_order[pos], self.n).astype(np.int64)
+        table = self._table
+        if table is not None and values.dtype.kind in "iu":
+            # Viewed as unsigned, negative labels become huge and clip to the "other" entry.
+            idx = np.minimum(values.astype(np.uint64, copy=False), table.size - 1)
+            found: IntArray = table[idx]
+            return found
         return category_indices(values, self._str)
 
 
@@ -168,8 +170,10 @@ class DriftMonitor(Collector):
                     )
                 )
         self._numeric: list[_NumericGroup] = []
+        self._one_group = False
         for name, idx in by_input.items():
             feats = [self._features[i] for i in idx]
+            cols = np.asarray([f.column or 0 for f in feats], dtype=np.int64)
             ragged = tuple(np.asarray(f.edges, dtype=np.float64) for f in feats)  # type: ignore[union-attr]
             width = max((e.size for e in ragged), default=0)
             padded = np.full((len(idx), max(width, 1)), np.inf)
@@ -179,13 +183,21 @@ class DriftMonitor(Collector):
                 _NumericGroup(
                     input=name,
                     features=np.asarray(idx, dtype=np.int64),
-                    columns=np.asarray([f.column or 0 for f in feats], dtype=np.int64),
+                    columns=cols,
                     edges=padded,
                     ragged=ragged,
                     offsets=self._offsets[idx],
                     missing=real + np.asarray(idx, dtype=np.int64),
+                    take=_as_slice(cols),
+                    width=int(cols.max()) + 1,
                 )
             )
+
+        self._one_group = (
+            len(self._numeric) == 1
+            and not self._categorical
+            and self._numeric[0].features.tolist() == list(range(len(self._features)))
+        )
 
     def _plan_prediction(self) -> None:
         pred = self.profile.prediction if self.profile is not None else None
@@ -216,6 +228,19 @@ class DriftMonitor(Collector):
         n = _rows(inputs, outputs)
         if n == 0:
             return
+        if self._one_group:
+            # The common case (one 2-D numeric input holding every feature in order): the
+            # binned matrix already is the window row, no scatter needed.
+            slots = self._bin_numeric(self._numeric[0], inputs.get(self._numeric[0].input), n)
+        else:
+            slots = self._gather(inputs, n)
+        pred_bins = self._prediction_bins(outputs, n)
+        with self._lock:
+            self._window.push(slots)
+            if pred_bins is not None:
+                self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
+
+    def _gather(self, inputs: Mapping[str, npt.NDArray[Any]], n: int) -> IntArray:
         slots = np.empty((n, len(self._features)), dtype=np.int64)
         for g in self._numeric:
             slots[:, g.features] = self._bin_numeric(g, inputs.get(g.input), n)
@@ -226,11 +251,7 @@ class DriftMonitor(Collector):
                 continue
             values = np.asarray(arr).reshape(n, -1)[:, c.column]
             slots[:, c.feature] = c.offset + category_indices(values, c.categories)
-        pred_bins = self._prediction_bins(outputs, n)
-        with self._lock:
-            self._window.push(slots)
-            if pred_bins is not None:
-                self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
+        return slots
 
     def _bin_numeric(self, g: _NumericGroup, arr: npt.NDArray[Any] | None, n: int) -> IntArray:
         if arr is None or arr.size == 0 or arr.size % n != 0 or arr.dtype.kind not in "fiub":
@@ -238,9 +259,9 @@ class DriftMonitor(Collector):
             # rows as missing for these features instead of guessing bins.
             return np.broadcast_to(g.missing, (n, g.missing.size))
         matrix = arr.reshape(n, -1)
-        if int(g.columns.max()) >= matrix.shape[1]:
+        if g.width > matrix.shape[1]:
             return np.broadcast_to(g.missing, (n, g.missing.size))
-        x = matrix[:, g.columns]
+        x = matrix[:, g.take]
         if x.size * g.edges.shape[1] <= _BROADCAST_LIMIT:
             # Number of edges strictly below v == index of v's right-closed bin.
             local = (x[:, :, None] > g.edges[None, :, :]).sum(axis=2)
@@ -336,6 +357,13 @@ class DriftMonitor(Collector):
                 labels=[*base, "bin"],
             ),
         )
+
+
+def _as_slice(columns: IntArray) -> slice | IntArray:
+    start = int(columns[0])
+    if columns.tolist() == list(range(start, start + columns.size)):
+        return slice(start, start + columns.size)
+    return columns
 
 
 def _rows(inputs: Mapping[str, npt.NDArray[Any]], outputs: Mapping[str, npt.NDArray[Any]]) -> int:

@@ -168,3 +168,10 @@ def test_broadcast_and_searchsorted_paths_agree() -> None:
 def test_window_must_hold_rows() -> None:
     with pytest.raises(ValueError, match="at least 1 row"):
         monitor(Profile(rows=1, features=(F0,)), window=0)
+
+
+def test_integer_labels_outside_the_profile_count_as_other() -> None:
+    mon, _ = monitor(Profile(rows=10, features=(F0,), prediction=CLASSES))
+    labels = np.array([-1, 0, 2, 3, 1 << 40], dtype=np.int64)
+    mon.observe({"X": np.zeros((5, 1), dtype=np.float32)}, {"label": labels})
+    assert mon.prediction_counts() == {"0": 1, "1": 0, "2": 1, "other": 3}
