@@ -37,7 +37,7 @@ def make_profile(rng: np.random.Generator) -> Profile:
 def time_observe(monitor: DriftMonitor, batch: int, seconds: float) -> tuple[float, int]:
     """Mean seconds per observe() call over pre-generated batches, and the number of calls."""
     rng = np.random.default_rng(batch)
-    pool = [
+    pool: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = [
         (
             {"X": rng.normal(0.2, 1.1, size=(batch, N_FEATURES)).astype(np.float32)},
             {

@@ -61,7 +61,8 @@ def wine_traffic(x: Matrix) -> Matrix:
     rng = np.random.default_rng(SEED)
     rows = x[rng.integers(0, x.shape[0], SAMPLE_ROWS)]
     noise = rng.normal(0.0, 0.02, rows.shape) * x.std(axis=0)
-    return np.round(np.clip(rows + noise, 0.0, None), 4)
+    out: Matrix = np.round(np.clip(rows + noise, 0.0, None), 4)
+    return out
 
 
 def write_model(
