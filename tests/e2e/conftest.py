@@ -84,9 +84,11 @@ def kubeconfig(cluster: controlplane.Cluster) -> Path:
 @pytest.fixture(scope="session")
 def kube(kubeconfig: Path) -> Iterator[client.ApiClient]:
     """The official Kubernetes client, configured for the test cluster."""
-    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
     yield api_client
-    api_client.close()
+    api_client.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")

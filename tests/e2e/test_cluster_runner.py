@@ -92,13 +92,12 @@ def test_environment_and_exec_probe(kube_api: KubeApi, namespace: str) -> None:
         api_path("v1", "pods", namespace),
         _pod(namespace, "envy", {"roost.dev/serving": "true"}, container),
     )
-    pod = wait_for(
-        lambda: (
-            (p := _get_pod(kube_api, namespace, "envy")) and condition(p, "Ready") == "True" and p
-        ),
-        60,
-        "the exec probe to pass",
-    )
+
+    def ready() -> dict[str, Any] | None:
+        pod = _get_pod(kube_api, namespace, "envy")
+        return pod if condition(pod, "Ready") == "True" else None
+
+    pod = wait_for(ready, 60, "the exec probe to pass")
     with open(out) as handle:
         seen = dict(line.split("=", 1) for line in handle.read().splitlines() if "=" in line)
     assert seen["NAME"] == "envy"
