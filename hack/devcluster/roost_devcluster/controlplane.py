@@ -62,10 +62,11 @@ class Cluster:
 
 
 def node_cidrs(root: Path) -> dict[str, str]:
-    """podCIDR per kwok node: 127.<n+1>.<x>.0/24, x derived from the state directory so that
-    clusters of different state dirs (a dev cluster and a test session) rarely share pod IPs."""
-    x = zlib.crc32(str(root).encode()) % 254 + 1
-    return {name: f"127.{i + 1}.{x}.0/24" for i, name in enumerate(NODE_NAMES)}
+    """podCIDR per kwok node: 127.<n+1>.<2k>.0/23 (510 pod IPs per node), k derived from the
+    state directory so that clusters of different state dirs (a dev cluster and a test
+    session) rarely hand out the same pod IPs."""
+    k = zlib.crc32(str(root).encode()) % 128
+    return {name: f"127.{i + 1}.{2 * k}.0/23" for i, name in enumerate(NODE_NAMES)}
 
 
 @contextlib.contextmanager

@@ -127,6 +127,8 @@ class PodWorker(threading.Thread):
     def _run(self) -> None:
         while not self.pod.get("status", {}).get("podIP"):
             if self._finishing():
+                if self.pod["metadata"].get("deletionTimestamp"):
+                    self._terminate(self.pod)  # nothing started: just finish the deletion
                 return
             time.sleep(TICK)
         self._prepare()
@@ -354,10 +356,6 @@ class PodRunner:
                 worker.update(pod)
                 return
             if self._stopping.is_set() or not is_runner_pod(pod) or not self._on_kwok_node(pod):
-                return
-            if pod["metadata"].get("deletionTimestamp") and not pod.get("status", {}).get(
-                "containerStatuses"
-            ):
                 return
             worker = PodWorker(self, pod)
             self.workers[uid] = worker

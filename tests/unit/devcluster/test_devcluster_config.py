@@ -48,7 +48,7 @@ def test_ready_all_fakes_every_pod() -> None:
 
 def test_node_cidrs_are_loopback_and_differ_between_state_dirs() -> None:
     first, second = node_cidrs(Path("/a")), node_cidrs(Path("/b"))
-    assert all(c.startswith("127.") and c.endswith(".0/24") for c in first.values())
+    assert all(c.startswith("127.") and c.endswith(".0/23") for c in first.values())
     assert len(set(first.values())) == 2
     assert first != second
 
