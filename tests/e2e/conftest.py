@@ -16,7 +16,7 @@ Session-scoped:
 Per test:
 - ``namespace``: a fresh namespace (its ``default`` ServiceAccount exists), deleted afterwards.
 - ``pod_log``: ``pod_log(namespace, pod, container)`` -> the container's output so far.
-- ``wine_model`` (session): path of a small real ONNX wine classifier (input ``X`` [-1, 13]).
+Example models come from the root ``example_models`` fixture (``tests/conftest.py``).
 
 Helpers to import: ``roost_devcluster.waiting`` (``wait_for``, ``wait_pods_ready``,
 ``pod_ready``, ``container_status``, ``wait_gone``) and ``roost_devcluster.traffic.Traffic``.
@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from kubernetes import client, config
 from roost_devcluster import controlplane, podrunner
@@ -134,25 +133,3 @@ def pod_log(cluster: controlplane.Cluster) -> Callable[[str, str, str], str]:
         return podrunner.read_container_log(cluster.layout, namespace, pod, container)
 
     return read
-
-
-@pytest.fixture(scope="session")
-def wine_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ONNX classifier on the 13 wine features (input ``X`` FP32 [-1, 13]), built here so
-    the harness tests do not depend on the examples; the product's tests use ``example_models``."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_wine
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    features, labels = load_wine(return_X_y=True)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    model.fit(features.astype(np.float32), labels)
-    onx = to_onnx(
-        model, initial_types=[("X", FloatTensorType([None, 13]))], options={"zipmap": False}
-    )
-    path = tmp_path_factory.mktemp("wine") / "model.onnx"
-    path.write_bytes(onx.SerializeToString())
-    return path

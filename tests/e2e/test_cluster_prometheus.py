@@ -4,6 +4,7 @@ traffic helper splits requests across Ready pods in proportion to replicas.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,6 @@ from roost_devcluster.traffic import Traffic
 from roost_devcluster.waiting import wait_for, wait_pods_ready
 
 pytestmark = pytest.mark.e2e
-
-ROWS = [
-    [13.2, 1.78, 2.14, 11.2, 100.0, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050.0],
-    [12.4, 3.5, 2.3, 21.0, 90.0, 1.9, 0.8, 0.4, 1.1, 7.0, 0.6, 1.6, 600.0],
-]
 
 
 def _deployment(name: str, replicas: int, model: Path) -> dict[str, Any]:
@@ -60,15 +56,17 @@ def _deployment(name: str, replicas: int, model: Path) -> dict[str, Any]:
 
 
 def test_traffic_splits_by_replicas_and_prometheus_scrapes_pods(
-    kube_api: KubeApi, namespace: str, wine_model: Path, prometheus: Prometheus
+    kube_api: KubeApi, namespace: str, example_models: dict[str, Path], prometheus: Prometheus
 ) -> None:
     for name, replicas in (("stable", 3), ("canary", 1)):
         kube_api.create(
-            api_path("apps/v1", "deployments", namespace), _deployment(name, replicas, wine_model)
+            api_path("apps/v1", "deployments", namespace),
+            _deployment(name, replicas, example_models["wine-v1"] / "model.onnx"),
         )
     wait_pods_ready(kube_api, namespace, "roost.dev/modeldeployment=wine", 4, timeout=120)
 
-    with Traffic(kube_api, namespace, "wine", ROWS, rate=100, duration=30, count=200) as traffic:
+    rows = json.loads((example_models["wine-v1"] / "sample.json").read_text())["rows"]
+    with Traffic(kube_api, namespace, "wine", rows, rate=100, duration=30, count=200) as traffic:
         traffic.wait()
     assert traffic.sent == 200
     assert traffic.codes == {200: 200}
@@ -94,7 +92,7 @@ def test_traffic_splits_by_replicas_and_prometheus_scrapes_pods(
 
 def test_traffic_refuses_nothing_and_stops_when_no_pods(kube_api: KubeApi, namespace: str) -> None:
     # No pods at all: the run ends at its duration having sent nothing.
-    with Traffic(kube_api, namespace, "absent", ROWS, rate=10, duration=1) as traffic:
+    with Traffic(kube_api, namespace, "absent", [[0.0] * 13], rate=10, duration=1) as traffic:
         traffic.wait()
     assert traffic.sent == 0
     assert traffic.no_target_waits > 0

@@ -113,7 +113,7 @@ data: {{a: b}}
 
 
 def test_serving_deployment_runs_restarts_and_stops(
-    kubeconfig: Path, kube_api: KubeApi, namespace: str, wine_model: Path
+    kubeconfig: Path, kube_api: KubeApi, namespace: str, example_models: dict[str, Path]
 ) -> None:
     _kubectl(
         kubeconfig,
@@ -121,7 +121,7 @@ def test_serving_deployment_runs_restarts_and_stops(
         "--server-side",
         "-f",
         "-",
-        stdin=_deployment(namespace, f"file://{wine_model}"),
+        stdin=_deployment(namespace, f"file://{example_models['wine-v1'] / 'model.onnx'}"),
     )
     _kubectl(
         kubeconfig,
