@@ -1,0 +1,468 @@
+"""The rollout state machine proper: `decide`, the replica arithmetic and when to analyse."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from roost_operator.rollout.messages import (
+    at_step,
+    describe_analysis,
+    failure_reason,
+    seconds,
+)
+from roost_operator.rollout.state import (
+    HISTORY_LIMIT,
+    CanaryState,
+    HistoryEntry,
+    Outcome,
+    RevisionRef,
+    RolloutPolicy,
+    RolloutState,
+    parse_time,
+)
+
+if TYPE_CHECKING:
+    from roost_operator.gates import AnalysisResult
+
+READINESS_POLL_SECONDS = 5.0
+"""Requeue while waiting for pods: pod events usually come first, this bounds a missed one."""
+MIN_REQUEUE_SECONDS = 1.0
+"""Smallest requeue, so a due-but-skipped analysis cannot turn into a hot loop."""
+REQUEST_KINDS = ("abort", "promote", "retry")
+"""Manual requests, in the order they are acted on when several arrive at once."""
+REQUEST_PREFIX = "roost.dev/"
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the planner saw this reconcile."""
+
+    desired: RevisionRef
+    total_replicas: int
+    paused: bool
+    stable_ready_replicas: int
+    canary_ready_replicas: int
+    canary_failure: str | None
+    """Why the canary's pods keep failing (e.g. CrashLoopBackOff and the pod's message)."""
+    requests: Mapping[str, str]
+    """Request annotations, ``promote``/``abort``/``retry`` (``roost.dev/`` prefix optional)."""
+    analysis: AnalysisResult | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes event to emit on the ModelDeployment."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the planner applies: persisted state, replicas, traffic weight, events, conditions."""
+
+    state: RolloutState
+    stable_replicas: int
+    canary_replicas: int
+    weight: int
+    """Canary share (0..100) of HTTPRoute traffic; 0 while no canary pod is ready."""
+    events: tuple[Event, ...]
+    progressing: tuple[str, str] | None
+    stalled: tuple[str, str] | None
+    requeue_after: float | None
+
+
+def replica_split(total: int, weight: int) -> tuple[int, int]:
+    """(stable, canary) replicas for a canary `weight` percent of `total`.
+
+    canary = ceil(total * weight / 100); while 0 < weight < 100 each side keeps at least one
+    pod, so with `total` 1 both run one. Weight 0 or 100 gives everything to one side.
+    """
+    if total <= 0:
+        return 0, 0
+    if weight <= 0:
+        return total, 0
+    if weight >= 100:
+        return 0, total
+    if total == 1:
+        return 1, 1
+    canary = min(max(-(-total * weight // 100), 1), total - 1)
+    return total - canary, canary
+
+
+def canary_target_replicas(policy: RolloutPolicy, canary: CanaryState, total: int) -> int:
+    """Canary replicas its current step wants."""
+    if policy.full_scale(canary.step):
+        return max(total, 0)
+    return replica_split(total, policy.weight(canary.step))[1]
+
+
+def canary_ready(policy: RolloutPolicy, state: RolloutState, obs: Observations) -> bool:
+    """Whether every canary pod the current step wants is ready (at least one)."""
+    c = state.canary
+    if c is None:
+        return False
+    return obs.canary_ready_replicas >= max(
+        1, canary_target_replicas(policy, c, obs.total_replicas)
+    )
+
+
+def _analysis_time(canary: CanaryState) -> datetime | None:
+    return parse_time((canary.last_analysis or {}).get("time"))
+
+
+def analysis_due(
+    policy: RolloutPolicy, state: RolloutState, obs_now: datetime, canary_ready: bool
+) -> bool:
+    """Whether an analysis should run now: a ready canary in a step, `interval` after the last.
+
+    The first analysis of a canary is due as soon as it is ready (the pods source records its
+    baseline then). A last analysis in the future (clock moved back) does not block.
+    """
+    c = state.canary
+    if c is None or not canary_ready or not policy.analysis_enabled or policy.full_scale(c.step):
+        return False
+    last = _analysis_time(c)
+    if last is None or last > obs_now:
+        return True
+    return (obs_now - last).total_seconds() >= policy.interval_seconds
+
+
+def _fresh_requests(state: RolloutState, obs: Observations) -> dict[str, str]:
+    fresh = {}
+    for key, token in obs.requests.items():
+        kind = key.removeprefix(REQUEST_PREFIX)
+        if kind in REQUEST_KINDS and token and state.handled_requests.get(kind) != token:
+            fresh[kind] = token
+    return fresh
+
+
+def needs_analysis(policy: RolloutPolicy, state: RolloutState, obs: Observations) -> bool:
+    """`analysis_due` plus everything else that makes this tick skip analysis.
+
+    The planner builds `obs` without an analysis, asks this, runs the analysis if True and calls
+    `decide` with it. No analysis while paused, when the canary is about to be superseded, is
+    failing, or a promote/abort request is about to end it.
+    """
+    c = state.canary
+    if c is None or obs.paused or obs.canary_failure or c.revision != obs.desired.revision:
+        return False
+    if {"promote", "abort"} & _fresh_requests(state, obs).keys():
+        return False
+    return analysis_due(policy, state, obs.now, canary_ready(policy, state, obs))
+
+
+def _stalled(state: RolloutState, obs: Observations) -> tuple[str, str] | None:
+    """Stalled=True while the spec still asks for the revision that was rolled back."""
+    failed = state.failed_revision
+    if failed is None or failed != obs.desired.revision:
+        return None
+    entry = next(
+        (h for h in reversed(state.history) if h.revision == failed and h.outcome != "Promoted"),
+        None,
+    )
+    why = f"Rolled back {failed}: {entry.reason}" if entry else f"Rolled back {failed}"
+    serving = state.stable.revision if state.stable else "nothing"
+    return (
+        "CanaryRolledBack",
+        f"{why}; serving {serving}. Change the spec or run `kubectl roost retry` to try it again",
+    )
+
+
+# --- the state machine ----------------------------------------------------------------------
+
+
+class _Tick:
+    """One `decide` call: the inputs and the events it collects."""
+
+    def __init__(self, policy: RolloutPolicy, obs: Observations) -> None:
+        self.policy, self.obs = policy, obs
+        # Whole seconds, as Kubernetes shows times; the clocks then read the same after a restart.
+        self.now = obs.now.astimezone(UTC).replace(microsecond=0)
+        self.events: list[Event] = []
+
+    def emit(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def finish(self, state: RolloutState, outcome: Outcome, reason: str) -> RolloutState:
+        """End the canary with a history entry."""
+        c = state.canary
+        assert c is not None
+        entry = HistoryEntry(c.revision, c.model_uri, outcome, reason, c.started_at, self.now)
+        return replace(state, canary=None, history=(*state.history, entry)[-HISTORY_LIMIT:])
+
+    def promote(self, state: RolloutState, reason: str) -> RolloutState:
+        c, old = state.canary, state.stable
+        assert c is not None
+        state = self.finish(state, "Promoted", reason)
+        was = f"; it replaces {old.revision}" if old else ""
+        self.emit(
+            "Normal", "CanaryPromoted", f"Promoted {c.revision} ({c.model_uri}): {reason}{was}"
+        )
+        return replace(state, stable=RevisionRef(c.revision, c.model_uri))
+
+    def roll_back(self, state: RolloutState, outcome: Outcome, reason: str) -> Decision:
+        c = state.canary
+        assert c is not None
+        state = replace(self.finish(state, outcome, reason), failed_revision=c.revision)
+        serving = state.stable.revision if state.stable else "nothing"
+        kind = "CanaryRolledBack" if outcome == "RolledBack" else "CanaryAborted"
+        self.emit("Warning", kind, f"Rolled back {c.revision}: {reason}; serving {serving}")
+        return self.steady(state)
+
+    def decision(
+        self,
+        state: RolloutState,
+        replicas: tuple[int, int, int],
+        progressing: tuple[str, str] | None = None,
+        requeue_after: float | None = None,
+    ) -> Decision:
+        return Decision(
+            state=state,
+            stable_replicas=replicas[0],
+            canary_replicas=replicas[1],
+            weight=replicas[2],
+            events=tuple(self.events),
+            progressing=progressing,
+            stalled=_stalled(state, self.obs),
+            requeue_after=requeue_after,
+        )
+
+    def steady(self, state: RolloutState, progressing: tuple[str, str] | None = None) -> Decision:
+        return self.decision(state, (max(self.obs.total_replicas, 0), 0, 0), progressing)
+
+    def replicas(self, c: CanaryState, ready: bool) -> tuple[int, int, int]:
+        """(stable, canary, route weight) for the canary where it stands.
+
+        Until the step's canary pods are ready the stable revision keeps the previous step's
+        replicas and the route keeps the previous weight, so capacity never dips.
+        """
+        total, policy = self.obs.total_replicas, self.policy
+        if policy.full_scale(c.step):
+            return max(total, 0), max(total, 0), 0
+        weight = policy.weight(c.step)
+        if ready:
+            return (*replica_split(total, weight), weight)
+        previous = policy.weight(c.step - 1) if c.step > 0 else 0
+        route = previous if self.obs.canary_ready_replicas > 0 else 0
+        return replica_split(total, previous)[0], replica_split(total, weight)[1], route
+
+
+def decide(policy: RolloutPolicy, state: RolloutState, obs: Observations) -> Decision:
+    """The next rollout state, replicas, weight, events and conditions (see the module doc)."""
+    t = _Tick(policy, obs)
+    desired = obs.desired
+    fresh = _fresh_requests(state, obs)
+    state = replace(state, handled_requests={**state.handled_requests, **fresh})
+
+    if state.stable is None:
+        t.emit("Normal", "RevisionDeployed", f"Deploying {desired.revision} ({desired.model_uri})")
+        return t.steady(replace(state, stable=desired, canary=None))
+    if state.canary is not None and state.canary.revision == state.stable.revision:
+        state = replace(state, canary=None)  # a hand-edited status: nothing left to roll out
+
+    # Manual requests act even while paused: a person asked for exactly this.
+    if "abort" in fresh:
+        if state.canary is not None:
+            decision = t.roll_back(state, "Aborted", "aborted by user")
+            state = decision.state
+        else:
+            t.emit("Normal", "RequestIgnored", "Abort requested, but no canary is running")
+    if "promote" in fresh:
+        if state.canary is not None:
+            state = t.promote(state, "promoted by user")
+        else:
+            t.emit("Normal", "RequestIgnored", "Promote requested, but no canary is running")
+    if "retry" in fresh:
+        if state.failed_revision is not None:
+            t.emit("Normal", "RetryRequested", f"Retrying {state.failed_revision}")
+            state = replace(state, failed_revision=None)
+        else:
+            t.emit("Normal", "RequestIgnored", "Retry requested, but no revision has failed")
+
+    if obs.paused:
+        return _paused(t, state)
+
+    stable = state.stable
+    assert stable is not None
+    c = state.canary
+    if c is not None and c.revision != desired.revision:
+        reason = (
+            f"spec returned to the stable revision {desired.revision}"
+            if desired.revision == stable.revision
+            else f"superseded by revision {desired.revision}"
+        )
+        t.emit("Normal", "CanarySuperseded", f"Canary {c.revision} {reason}")
+        state = t.finish(state, "Superseded", reason)
+    if state.failed_revision is not None and state.failed_revision != desired.revision:
+        state = replace(state, failed_revision=None)  # the spec moved on: forget the failure
+
+    started = False
+    if state.canary is None:
+        if desired.revision in (stable.revision, state.failed_revision):
+            return t.steady(state)
+        state, started = _start(t, state), True
+    return _advance(t, state, started)
+
+
+def _paused(t: _Tick, state: RolloutState) -> Decision:
+    """`spec.paused`: everything stays where it is; only the replica count follows the total."""
+    c, desired, stable = state.canary, t.obs.desired, state.stable
+    assert stable is not None
+    if c is not None:
+        ready = canary_ready(t.policy, state, t.obs)
+        message = f"{at_step(t.policy, c)}: paused (spec.paused is true)"
+        return t.decision(state, t.replicas(c, ready), ("Paused", message))
+    if desired.revision not in (stable.revision, state.failed_revision):
+        message = (
+            f"Rollout of {desired.revision} paused (spec.paused is true); serving {stable.revision}"
+        )
+        return t.steady(state, ("Paused", message))
+    return t.steady(state)
+
+
+def _start(t: _Tick, state: RolloutState) -> RolloutState:
+    """A new canary for the desired revision: at step 1, or at full scale when replacing."""
+    policy, obs, desired, stable = t.policy, t.obs, t.obs.desired, state.stable
+    assert stable is not None
+    replacing = not policy.steps or obs.stable_ready_replicas <= 0
+    step = len(policy.steps) if replacing else 0
+    c = CanaryState(
+        revision=desired.revision,
+        model_uri=desired.model_uri,
+        step=step,
+        weight=policy.weight(step),
+        step_started_at=t.now,
+        started_at=t.now,
+        consecutive_failures=0,
+        analysis_count=0,
+        last_analysis=None,
+    )
+    what = f"{desired.revision} ({desired.model_uri})"
+    if not policy.steps:
+        message = f"Replacing {stable.revision} with {what}: no rollout steps, promoted once ready"
+    elif replacing:
+        message = (
+            f"Replacing {stable.revision} with {what} directly: the stable revision has no ready "
+            "pods to compare a canary against"
+        )
+    else:
+        message = f"Started canary {what} at step 1/{len(policy.steps)} (weight {c.weight}%)"
+    t.emit("Normal", "CanaryStarted", message)
+    return replace(state, canary=c)
+
+
+def _record(t: _Tick, state: RolloutState, analysis: AnalysisResult) -> RolloutState:
+    c = state.canary
+    assert c is not None
+    record = analysis.to_status()
+    failures = c.consecutive_failures
+    if analysis.verdict == "fail":
+        failures += 1
+    elif analysis.verdict == "pass":
+        failures = 0
+    c = replace(
+        c, analysis_count=c.analysis_count + 1, last_analysis=record, consecutive_failures=failures
+    )
+    return replace(state, canary=c)
+
+
+def _step_passed(policy: RolloutPolicy, c: CanaryState) -> bool:
+    """With gates: the latest analysis taken during this step passed."""
+    if not policy.analysis_enabled:
+        return True
+    when = _analysis_time(c)
+    return (
+        c.last_analysis is not None
+        and c.last_analysis.get("verdict") == "pass"
+        and when is not None
+        and when > c.step_started_at
+    )
+
+
+def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
+    """Move a running canary along: failures, analysis, readiness, pause, next step, promotion."""
+    policy, obs = t.policy, t.obs
+    c = state.canary
+    assert c is not None
+    # The steps may have been edited mid-rollout: clamp the step and follow its weight.
+    step = min(c.step, len(policy.steps))
+    state = replace(state, canary=replace(c, step=step, weight=policy.weight(step)))
+
+    if not started and obs.canary_failure:
+        return t.roll_back(state, "RolledBack", f"canary pods failing: {obs.canary_failure}")
+    if not started and obs.analysis is not None:
+        state = _record(t, state, obs.analysis)
+        c = state.canary
+        assert c is not None
+        assert c.last_analysis is not None
+        if obs.analysis.verdict == "fail":
+            if c.consecutive_failures >= policy.failure_limit:
+                reason = failure_reason(c.last_analysis, c.consecutive_failures)
+                return t.roll_back(state, "RolledBack", reason)
+            described = describe_analysis(
+                c.last_analysis, c.consecutive_failures, policy.failure_limit
+            )
+            t.emit("Warning", "AnalysisFailed", f"{at_step(policy, c)}: {described}")
+
+    c = state.canary
+    assert c is not None
+    ready = canary_ready(policy, state, obs)
+    if ready and policy.full_scale(c.step):
+        why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
+        return t.steady(t.promote(state, f"ready at full scale ({why})"))
+    pause_over = obs.now >= c.step_started_at + timedelta(seconds=policy.pause_seconds(c.step))
+    if ready and pause_over and _step_passed(policy, c):
+        if c.step + 1 >= len(policy.steps):
+            return t.steady(t.promote(state, f"passed all {len(policy.steps)} steps"))
+        passed = (
+            f": {describe_analysis(c.last_analysis, 0, policy.failure_limit)}"
+            if policy.analysis_enabled and c.last_analysis
+            else ""
+        )
+        nxt = c.step + 1
+        c = replace(c, step=nxt, weight=policy.weight(nxt), step_started_at=t.now)
+        state = replace(state, canary=c)
+        t.emit("Normal", "CanaryStepAdvanced", f"{at_step(policy, c)}{passed}")
+        ready = canary_ready(policy, state, obs)
+    if not ready:
+        # The pause clock only runs once the step's pods serve.
+        state = replace(state, canary=replace(c, step_started_at=t.now))
+        target = max(1, canary_target_replicas(policy, c, obs.total_replicas))
+        message = (
+            f"{at_step(policy, c)}: waiting for canary pods "
+            f"({obs.canary_ready_replicas}/{target} ready)"
+        )
+        reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
+        return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
+    return _running(t, state)
+
+
+def _running(t: _Tick, state: RolloutState) -> Decision:
+    """A ready canary inside its step: say what it waits for and when to look again."""
+    policy, obs = t.policy, t.obs
+    c = state.canary
+    assert c is not None
+    parts, waits = [], []
+    if policy.analysis_enabled:
+        last, when = c.last_analysis, _analysis_time(c)
+        if last is not None and when is not None and when > c.step_started_at:
+            parts.append(describe_analysis(last, c.consecutive_failures, policy.failure_limit))
+        else:
+            parts.append("waiting for the first analysis of this step")
+        due = 0.0 if when is None else policy.interval_seconds - (obs.now - when).total_seconds()
+        waits.append(due)
+    remaining = (c.step_started_at - obs.now).total_seconds() + policy.pause_seconds(c.step)
+    if remaining > 0:
+        parts.append(f"pause ends in {seconds(remaining)}")
+        waits.append(remaining)
+    elif policy.analysis_enabled:
+        parts.append("pause over, waiting for a passing analysis")
+    requeue = max(MIN_REQUEUE_SECONDS, min(waits)) if waits else MIN_REQUEUE_SECONDS
+    message = f"{at_step(policy, c)}: " + "; ".join(parts)
+    return t.decision(state, t.replicas(c, True), ("CanaryProgressing", message), requeue)
