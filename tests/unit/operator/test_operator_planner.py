@@ -1,0 +1,253 @@
+"""The planner: spec + status + observed children and pods -> desired objects and new status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from roost_operator import planner
+from roost_operator.applier import status_patch
+from roost_operator.planner import ChildKey, ModelDeploymentObject, Plan
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+IMAGE = "ghcr.io/roost-dev/roost-serving:0.1.0"
+V1 = {"uri": "file:///models/wine-v1/model.onnx"}
+V2 = {"uri": "file:///models/wine-v2/model.onnx"}
+
+
+def md(
+    spec: dict[str, Any], status: dict[str, Any] | None = None, **kw: Any
+) -> ModelDeploymentObject:
+    return ModelDeploymentObject(
+        name="wine",
+        namespace="ml",
+        uid="uid-1",
+        generation=kw.pop("generation", 1),
+        spec=spec,
+        status=status or {},
+        annotations=kw.pop("annotations", {}),
+    )
+
+
+def pod(rev: str, i: int, *, ready: bool = True, crash: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "podIP": f"127.0.10.{i}",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if crash:
+        status["containerStatuses"] = [
+            {
+                "name": "server",
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": f"INFO starting\nroost: error: {crash}\n",
+                    }
+                },
+            }
+        ]
+    return {
+        "metadata": {
+            "name": f"wine-{rev}-{i}",
+            "uid": f"pod-{rev}-{i}",
+            "labels": {"roost.dev/modeldeployment": "wine", "roost.dev/revision": rev},
+        },
+        "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": status,
+    }
+
+
+def kinds(plan: Plan) -> list[tuple[str, str]]:
+    return [(m["kind"], m["metadata"]["name"]) for m in plan.apply]
+
+
+def deployments(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in plan.apply if m["kind"] == "Deployment"}
+
+
+def condition(plan: Plan, kind: str) -> dict[str, Any]:
+    return next(c for c in plan.status["conditions"] if c["type"] == kind)
+
+
+def observed_of(plan: Plan) -> dict[ChildKey, dict[str, Any]]:
+    return {ChildKey(m["apiVersion"], m["kind"], m["metadata"]["name"]): m for m in plan.apply}
+
+
+def settle(spec: dict[str, Any], replicas: int) -> tuple[Plan, str]:
+    """A first revision planned, then planned again with all its pods ready."""
+    first = planner.plan(md(spec), {}, [], None, NOW, IMAGE)
+    rev = first.status["stable"]["revision"]
+    pods = [pod(rev, i) for i in range(replicas)]
+    ready = planner.plan(md(spec, first.status), observed_of(first), pods, None, NOW, IMAGE)
+    return ready, rev
+
+
+class TestFirstRevision:
+    def test_deployment_service_and_pdb(self) -> None:
+        plan = planner.plan(md({"model": V1, "replicas": 2}), {}, [], None, NOW, IMAGE)
+        rev = plan.status["stable"]["revision"]
+        assert kinds(plan) == [
+            ("Deployment", f"wine-{rev}"),
+            ("Service", "wine"),
+            ("PodDisruptionBudget", "wine"),
+        ]
+        assert deployments(plan)[f"wine-{rev}"]["spec"]["replicas"] == 2
+        assert plan.status["selector"] == "roost.dev/modeldeployment=wine"
+        assert plan.status["observedGeneration"] == 1
+        assert condition(plan, "Ready")["status"] == "False"
+        assert condition(plan, "Reconciling")["status"] == "True"
+        assert plan.requeue_after is not None
+
+    def test_ready_when_pods_are(self) -> None:
+        plan, rev = settle({"model": V1, "replicas": 2}, 2)
+        assert condition(plan, "Ready")["status"] == "True"
+        assert condition(plan, "Reconciling")["status"] == "False"
+        assert condition(plan, "Stalled")["status"] == "False"
+        assert plan.status["readyReplicas"] == 2
+        assert plan.status["stable"] == {
+            "revision": rev,
+            "modelUri": V1["uri"],
+            "readyReplicas": 2,
+        }
+        assert any(e.reason == "Ready" for e in plan.events)
+
+    def test_steady_state_changes_nothing(self) -> None:
+        spec = {"model": V1, "replicas": 2}
+        plan, rev = settle(spec, 2)
+        later = NOW + timedelta(minutes=5)
+        again = planner.plan(
+            md(spec, plan.status), observed_of(plan), [pod(rev, 0), pod(rev, 1)], None, later, IMAGE
+        )
+        assert status_patch(plan.status, again.status) == {}
+        assert again.events == ()
+        assert again.delete == ()
+
+
+class TestScaling:
+    def test_scale_keeps_the_revision(self) -> None:
+        plan, rev = settle({"model": V1, "replicas": 2}, 2)
+        scaled = planner.plan(
+            md({"model": V1, "replicas": 3}, plan.status, generation=2),
+            observed_of(plan),
+            [pod(rev, 0), pod(rev, 1)],
+            None,
+            NOW,
+            IMAGE,
+        )
+        assert list(deployments(scaled)) == [f"wine-{rev}"]
+        assert deployments(scaled)[f"wine-{rev}"]["spec"]["replicas"] == 3
+        assert condition(scaled, "Ready")["status"] == "False"
+        assert scaled.status["observedGeneration"] == 2
+
+    def test_pdb_pruned_when_down_to_one(self) -> None:
+        plan, rev = settle({"model": V1, "replicas": 2}, 2)
+        one = planner.plan(
+            md({"model": V1, "replicas": 1}, plan.status),
+            observed_of(plan),
+            [pod(rev, 0)],
+            None,
+            NOW,
+            IMAGE,
+        )
+        assert ChildKey("policy/v1", "PodDisruptionBudget", "wine") in one.delete
+
+    def test_autoscaling_adds_an_hpa(self) -> None:
+        spec = {"model": V1, "replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+        plan = planner.plan(md(spec), {}, [], None, NOW, IMAGE)
+        assert ("HorizontalPodAutoscaler", "wine") in kinds(plan)
+
+
+class TestFailures:
+    def test_crash_looping_pods_stall_with_the_reason(self) -> None:
+        spec = {"model": {"uri": "file:///nope/model.onnx"}}
+        first = planner.plan(md(spec), {}, [], None, NOW, IMAGE)
+        rev = first.status["stable"]["revision"]
+        crashing = [pod(rev, 0, ready=False, crash="cannot read file:///nope/model.onnx")]
+        plan = planner.plan(md(spec, first.status), observed_of(first), crashing, None, NOW, IMAGE)
+        stalled = condition(plan, "Stalled")
+        assert stalled["status"] == "True"
+        assert stalled["reason"] == "PodsFailing"
+        assert (
+            "CrashLoopBackOff: roost: error: cannot read file:///nope/model.onnx"
+            in stalled["message"]
+        )
+        assert condition(plan, "Ready")["status"] == "False"
+        assert any(e.type == "Warning" and "roost: error" in e.message for e in plan.events)
+
+    def test_invalid_spec_keeps_children_and_stalls(self) -> None:
+        plan, _ = settle({"model": V1}, 1)
+        bad = planner.plan(
+            md({"model": {"uri": "ftp://x/m.onnx"}}, plan.status),
+            observed_of(plan),
+            [],
+            None,
+            NOW,
+            IMAGE,
+        )
+        assert bad.spec_error is not None
+        assert bad.apply == ()
+        assert bad.delete == ()
+        assert condition(bad, "Stalled")["reason"] == "InvalidSpec"
+        assert "spec.model.uri" in condition(bad, "Stalled")["message"]
+
+
+class TestCanary:
+    spec: dict[str, Any] = {
+        "model": V1,
+        "replicas": 4,
+        "rollout": {"steps": [{"weight": 25, "pause": "10s"}, {"weight": 50, "pause": "10s"}]},
+    }
+
+    def test_new_model_starts_a_canary_next_to_stable(self) -> None:
+        plan, stable_rev = settle(self.spec, 4)
+        new_spec = {**self.spec, "model": V2}
+        stable_pods = [pod(stable_rev, i) for i in range(4)]
+        canary = planner.plan(
+            md(new_spec, plan.status, generation=2),
+            observed_of(plan),
+            stable_pods,
+            None,
+            NOW,
+            IMAGE,
+        )
+        canary_rev = canary.status["canary"]["revision"]
+        assert canary_rev != stable_rev
+        assert canary.status["canary"]["weight"] == 25
+        # The stable revision was built from the old spec: only its replicas change.
+        assert list(deployments(canary)) == [f"wine-{canary_rev}"]
+        assert deployments(canary)[f"wine-{canary_rev}"]["spec"]["replicas"] == 1
+        # The stable revision keeps every pod until the canary's pod is ready.
+        assert canary.scale == ((f"wine-{stable_rev}", 4),)
+        assert canary.delete == ()
+        assert condition(canary, "Reconciling")["status"] == "True"
+        observed = {**observed_of(plan), **observed_of(canary)}
+        with_canary = [*stable_pods, pod(canary_rev, 9)]
+        stepped = planner.plan(
+            md(new_spec, canary.status, generation=2), observed, with_canary, None, NOW, IMAGE
+        )
+        assert stepped.scale == ((f"wine-{stable_rev}", 3),)
+        assert stepped.status["canary"]["readyReplicas"] == 1
+
+    def test_analysis_requested_once_canary_ready(self) -> None:
+        spec = {
+            **self.spec,
+            "rollout": {**self.spec["rollout"], "analysis": {"gates": {"errorRate": {"max": 0.1}}}},
+        }
+        plan, stable_rev = settle(spec, 4)
+        new = md({**spec, "model": V2}, plan.status)
+        canary = planner.plan(
+            new, observed_of(plan), [pod(stable_rev, i) for i in range(4)], None, NOW, IMAGE
+        )
+        canary_rev = canary.status["canary"]["revision"]
+        pods = [pod(stable_rev, i) for i in range(3)] + [pod(canary_rev, 9)]
+        request = planner.analysis_request(
+            md({**spec, "model": V2}, canary.status), pods, NOW, IMAGE
+        )
+        assert request is not None
+        assert request.canary_revision == canary_rev
+        assert [p.ip for p in request.canary_pods] == ["127.0.10.9"]
+        assert len(request.stable_pods) == 3
+        assert request.thresholds.max_error_rate == 0.1
