@@ -185,6 +185,9 @@ class _Tick:
         # Whole seconds, as Kubernetes shows times; the clocks then read the same after a restart.
         self.now = obs.now.astimezone(UTC).replace(microsecond=0)
         self.events: list[Event] = []
+        # Ready pods of the canary in `status`; a canary started this tick has none yet (the
+        # observed ones belong to the revision it superseded).
+        self.ready_pods = obs.canary_ready_replicas
 
     def emit(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -249,7 +252,7 @@ class _Tick:
         if ready:
             return (*replica_split(total, weight), weight)
         previous = policy.weight(c.step - 1) if c.step > 0 else 0
-        route = previous if self.obs.canary_ready_replicas > 0 else 0
+        route = previous if self.ready_pods > 0 else 0
         return replica_split(total, previous)[0], replica_split(total, weight)[1], route
 
 
@@ -412,7 +415,9 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
 
     c = state.canary
     assert c is not None
-    ready = canary_ready(policy, state, obs)
+    if started:
+        t.ready_pods = 0
+    ready = t.ready_pods >= max(1, canary_target_replicas(policy, c, obs.total_replicas))
     if ready and policy.full_scale(c.step):
         why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
         return t.steady(t.promote(state, f"ready at full scale ({why})"))
@@ -429,15 +434,12 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         c = replace(c, step=nxt, weight=policy.weight(nxt), step_started_at=t.now)
         state = replace(state, canary=c)
         t.emit("Normal", "CanaryStepAdvanced", f"{at_step(policy, c)}{passed}")
-        ready = canary_ready(policy, state, obs)
+        ready = t.ready_pods >= max(1, canary_target_replicas(policy, c, obs.total_replicas))
     if not ready:
         # The pause clock only runs once the step's pods serve.
         state = replace(state, canary=replace(c, step_started_at=t.now))
         target = max(1, canary_target_replicas(policy, c, obs.total_replicas))
-        message = (
-            f"{at_step(policy, c)}: waiting for canary pods "
-            f"({obs.canary_ready_replicas}/{target} ready)"
-        )
+        message = f"{at_step(policy, c)}: waiting for canary pods ({t.ready_pods}/{target} ready)"
         reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
         return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
     return _running(t, state)
