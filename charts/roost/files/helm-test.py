@@ -1,0 +1,90 @@
+"""`helm test` for roost: run with the operator's ServiceAccount inside the operator image.
+
+Checks what a user needs after `helm install`: the API serves ModelDeployments, the operator's
+credentials can list them where it watches, and the operator process answers on its health and
+metrics ports. Exits 1 with one line per failed check.
+"""
+
+import json
+import os
+import socket
+import sys
+import urllib.request
+
+from kubernetes import client, config
+
+
+def main() -> int:
+    """Run every check; print a verdict per check."""
+    release_ns = os.environ["ROOST_TEST_RELEASE_NAMESPACE"]
+    selector = os.environ["ROOST_TEST_OPERATOR_SELECTOR"]
+    service = os.environ["ROOST_TEST_METRICS_SERVICE"]
+    watched = [ns for ns in os.environ.get("ROOST_TEST_WATCH_NAMESPACES", "").split(",") if ns]
+    metrics_port = int(os.environ["ROOST_TEST_METRICS_PORT"])
+    health_port = int(os.environ["ROOST_TEST_HEALTH_PORT"])
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
+    api = client.ApiClient()
+    failures: list[str] = []
+
+    custom = client.CustomObjectsApi(api)
+    for ns in watched or [None]:
+        where = ns or "all namespaces"
+        try:
+            if ns:
+                custom.list_namespaced_custom_object(
+                    "roost.dev", "v1alpha1", ns, "modeldeployments", limit=1
+                )
+            else:
+                custom.list_cluster_custom_object("roost.dev", "v1alpha1", "modeldeployments", limit=1)
+            print(f"ok: the operator's account lists ModelDeployments in {where}")
+        except client.ApiException as exc:
+            failures.append(f"listing ModelDeployments in {where}: HTTP {exc.status} {exc.reason}")
+
+    # The Service's DNS name inside a cluster; the pod IP where cluster DNS is unavailable.
+    host = f"{service}.{release_ns}.svc"
+    try:
+        socket.getaddrinfo(host, metrics_port)
+    except OSError:
+        pods = client.CoreV1Api(api).list_namespaced_pod(release_ns, label_selector=selector)
+        ready = [
+            p.status.pod_ip
+            for p in pods.items
+            if p.status.pod_ip
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
+        if not ready:
+            failures.append(f"no Ready operator pod matches {selector} in {release_ns}")
+            return report(failures)
+        host = ready[0]
+
+    checks = [
+        (f"http://{host}:{health_port}/healthz", None),
+        (f"http://{host}:{metrics_port}/metrics", "roost_operator_reconciliations_total"),
+    ]
+    for url, needle in checks:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode("utf-8", "replace")
+        except OSError as exc:
+            failures.append(f"GET {url}: {exc}")
+            continue
+        if needle and needle not in body:
+            failures.append(f"GET {url}: no {needle} series")
+        else:
+            print(f"ok: GET {url} -> 200")
+    return report(failures)
+
+
+def report(failures: list[str]) -> int:
+    """Print the failures (if any) and return the exit status."""
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    print(json.dumps({"passed": not failures, "failures": len(failures)}))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
