@@ -1,39 +1,45 @@
-{{/* The rules the operator needs in every namespace it watches (see docs/helm.md). */}}
+{{/* The rules the operator needs in every namespace it watches: exactly the API calls
+roost-operator makes (operator/roost_operator/handlers.py, applier.py, kopf). docs/helm.md has
+one row per rule naming the operation that needs it. */}}
 {{- define "roost.namespacedRules" -}}
-# Watch ModelDeployments; kopf patches them for its finalizer and last-handled annotations.
+# kopf lists and watches ModelDeployments and patches their metadata (finalizer, annotations).
 - apiGroups: ["roost.dev"]
   resources: ["modeldeployments"]
-  verbs: ["get", "list", "watch", "patch"]
-# Conditions, rollout state and history live in status (the status subresource).
+  verbs: ["list", "watch", "patch"]
+# Conditions, rollout state and history: merge patches of the status subresource.
 - apiGroups: ["roost.dev"]
   resources: ["modeldeployments/status"]
-  verbs: ["get", "patch"]
-# Children, applied server-side (an apply that creates needs "create" besides "patch") and
-# pruned when a revision retires or a feature (autoscaling, PDB, route) is switched off.
+  verbs: ["patch"]
+# Children are read from kopf indexes (list + watch), written by server-side apply (an apply
+# that creates an object is also authorised as "create") and pruned when they retire.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Replica split between stable and canary Deployments.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Serving pods: readiness and crash reasons for status, pod IPs for the canary analysis.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Events on ModelDeployments (rollout steps, promotions, rollbacks; kopf's handler events).
+  verbs: ["list", "watch"]
+# Events on ModelDeployments (rollout steps, promotions, rollbacks, kopf warnings).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.rbac.gatewayAPI }}
-# Weighted traffic split for spec.traffic.httpRoute.
+# spec.traffic.httpRoute: read, apply and prune the weighted route (no index, so no list/watch).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 {{- end }}
