@@ -18,6 +18,19 @@ until the spec changes or a retry is requested. With no steps (or no ready stabl
 compare against) the new revision runs at full scale next to the stable one and is promoted
 as soon as it is ready. `spec.paused` freezes automatic transitions; manual requests still act.
 
+How the planner drives it, once per reconcile::
+
+    policy = policy_from_spec(spec.get("rollout"))
+    state = RolloutState.from_status(status)
+    obs = Observations(desired=..., analysis=None, now=now, ...)
+    if needs_analysis(policy, state, obs):
+        obs = dataclasses.replace(obs, analysis=await source.analyse(...))
+    decision = decide(policy, state, obs)
+    # Deployments <md>-<stable rev> and <md>-<canary rev> at decision.stable_replicas and
+    # decision.canary_replicas (prune the rest); HTTPRoute weights 100 - weight / weight;
+    # patch status with decision.state.to_status(); emit decision.events; Reconciling and
+    # Stalled from decision.progressing / decision.stalled; requeue after requeue_after.
+
 Modules: `state` (the persisted state and the policy), `machine` (`decide`, the replica
 arithmetic, when to analyse), `messages` (the sentences in events and conditions). Everything
 public is re-exported here: import from `roost_operator.rollout`.

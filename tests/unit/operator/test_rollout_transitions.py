@@ -266,6 +266,13 @@ class TestAnalysis:
         # The pause runs from the last tick that saw the step's pods not all ready.
         assert r.canary.step_started_at == at(33)
 
+    def test_route_sends_nothing_to_a_canary_without_ready_pods(self) -> None:
+        r = running(step=1, canary_ready=1)
+        d = r.tick(40, canary_ready=0)
+        # Step 2 wants 2 pods; none serve, so the route must not send the canary any traffic.
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (3, 2, 0)
+        assert r.canary.step_started_at == at(40)
+
     def test_pass_from_the_previous_step_does_not_count(self) -> None:
         r = running(step=1, canary_ready=1)
         assert r.canary.step == 1
