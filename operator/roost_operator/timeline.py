@@ -65,7 +65,12 @@ def sample(
         "canaryRequests": analysis.get("canaryRequests"),
         "gates": gates,
         "history": [
-            {"revision": h.get("revision"), "outcome": h.get("outcome"), "reason": h.get("reason")}
+            {
+                "revision": h.get("revision"),
+                "outcome": h.get("outcome"),
+                "reason": h.get("reason"),
+                "finishedAt": h.get("finishedAt"),
+            }
             for h in status.get("history") or []
         ],
         "extra": dict(extra or {}),
@@ -73,14 +78,25 @@ def sample(
 
 
 def outcomes(samples: Sequence[Mapping[str, Any]]) -> list[tuple[datetime, str, str]]:
-    """(time, outcome, revision) for each history entry the first time a sample shows it."""
-    seen = len(samples[0]["history"]) if samples else 0
+    """(time, outcome, revision) for each history entry the first time a sample shows it.
+
+    Entries are told apart by (revision, outcome, finishedAt), not by position: the status
+    keeps only the last 10, so a full history shifts as new entries arrive.
+    """
+
+    def keys(s: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        return [
+            (str(h.get("revision")), str(h.get("outcome")), str(h.get("finishedAt")))
+            for h in s["history"]
+        ]
+
+    seen = set(keys(samples[0])) if samples else set()
     found: list[tuple[datetime, str, str]] = []
     for s in samples[1:]:
-        history = s["history"]
-        for entry in history[seen:]:
-            found.append((_when(s), str(entry.get("outcome")), str(entry.get("revision"))))
-        seen = max(seen, len(history))
+        for key in keys(s):
+            if key not in seen:
+                seen.add(key)
+                found.append((_when(s), key[1], key[0]))
     return found
 
 

@@ -321,11 +321,6 @@ def test_pruned_by_the_crd_the_rollout_still_resumes_at_the_same_step() -> None:
     assert kept.canary.consecutive_failures == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crds/modeldeployment.yaml has no status.canary.startedAt, so history's startedAt "
-    "falls back to the step's start after a restart (CRD owner to add it)",
-)
 def test_every_status_field_survives_the_crd() -> None:
     status = json.loads(json.dumps(_mid_rollout().to_status()))
     assert _prune(status, _status_schema()) == status

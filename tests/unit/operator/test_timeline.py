@@ -54,6 +54,20 @@ def test_outcomes_are_reported_once_when_they_first_appear() -> None:
     assert timeline.outcomes(samples) == [(T0 + timedelta(seconds=2), "Promoted", "8c01d2e4aa")]
 
 
+def test_outcomes_are_found_when_the_capped_history_shifts() -> None:
+    def entry(i: int) -> dict[str, Any]:
+        return {
+            "revision": f"rev{i}",
+            "outcome": "Promoted",
+            "finishedAt": f"2026-11-22T08:{i:02d}:00Z",
+        }
+
+    full = [entry(i) for i in range(10)]
+    shifted = [entry(i) for i in range(1, 11)]
+    samples = [timeline.sample(md(0, None, full), T0), timeline.sample(md(0, None, shifted), T0)]
+    assert timeline.outcomes(samples) == [(T0, "Promoted", "rev10")]
+
+
 def test_record_load_and_plot_round_trip(tmp_path: Path) -> None:
     record = tmp_path / "timeline.jsonl"
     history: list[dict[str, Any]] = []
