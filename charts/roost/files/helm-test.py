@@ -38,7 +38,9 @@ def main() -> int:
                     "roost.dev", "v1alpha1", ns, "modeldeployments", limit=1
                 )
             else:
-                custom.list_cluster_custom_object("roost.dev", "v1alpha1", "modeldeployments", limit=1)
+                custom.list_cluster_custom_object(
+                    "roost.dev", "v1alpha1", "modeldeployments", limit=1
+                )
             print(f"ok: the operator's account lists ModelDeployments in {where}")
         except client.ApiException as exc:
             failures.append(f"listing ModelDeployments in {where}: HTTP {exc.status} {exc.reason}")
