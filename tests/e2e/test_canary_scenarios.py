@@ -1,0 +1,442 @@
+"""Canary scenarios end to end: real control plane, serving pods, operator and bounded traffic.
+
+Each test starts `roost-operator` watching a fresh namespace, serves wine-v1 as the stable
+revision on 2 replicas, sends bounded infer traffic to the Ready pods' loopback IPs (split by
+replicas, as the Service would) and applies a new revision. The scenarios:
+
+- wine-bad-signature (refuses the 13-feature rows with 400) is rolled back on the error-rate gate;
+- wine-shifted (trained and profiled on shifted data) is rolled back on the drift gate;
+- the operator SIGKILLed in the middle of a step resumes at the same step and promotes;
+- the `prometheus` analysis source reads the gates from Debian's Prometheus;
+- `kubectl roost promote` ends a long pause, `kubectl roost abort` rolls a canary back;
+- HTTPRoute backend weights follow the steps (Gateway API CRDs from the pinned module).
+
+Every scenario prints ``SCENARIO <name>: verdict <X> after <N> s`` (apply to verdict); run with
+``pytest -m e2e tests/e2e/test_canary_scenarios.py -s`` to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from crd_install import install_crd
+from e2e.operator_fixtures import OperatorProcess, operator_process
+from kubernetes import client
+from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
+from roost_devcluster.prometheus import Prometheus
+from roost_devcluster.traffic import Traffic
+from roost_devcluster.waiting import WaitTimeoutError, list_pods, wait_for
+
+__all__ = ["operator_process"]
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+MD_PATH = "/apis/roost.dev/v1alpha1/namespaces/{ns}/modeldeployments/wine"
+ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/wine"
+GATEWAY_CRDS = Path.home() / ".cache" / "roost" / "gateway-api-v1.3.0"
+BIN = Path(sys.executable).parent
+WAIT = 120.0  # bound of every wait for the operator; a rollout here takes well under a minute
+# Short steps and a 2 s analysis interval keep each scenario around a minute.
+ANALYSIS: Obj = {"interval": "2s", "minRequests": 10, "failureLimit": 2}
+
+
+@dataclass
+class Rollout:
+    """One ModelDeployment named `wine` in a test namespace, and how to watch it."""
+
+    api: KubeApi
+    namespace: str
+    op: OperatorProcess
+    models: dict[str, Path]
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def path(self) -> str:
+        return MD_PATH.format(ns=self.namespace)
+
+    def apply(self, model: str, steps: list[Obj], gates: Obj, **extra: Any) -> None:
+        """Server-side apply `wine` serving `model`; starts the apply-to-verdict clock."""
+        directory = self.models[model]
+        analysis = {**ANALYSIS, "gates": gates, **extra.pop("analysis", {})}
+        spec: Obj = {
+            "model": {
+                "uri": (directory / "model.onnx").as_uri(),
+                "profileUri": (directory / "profile.json").as_uri(),
+            },
+            "replicas": 2,
+            "rollout": {"steps": steps, "analysis": analysis},
+            **extra,
+        }
+        body = {
+            "apiVersion": "roost.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "wine", "namespace": self.namespace},
+            "spec": spec,
+        }
+        self.started = time.monotonic()
+        self.api.apply(self.path, body, manager="test")
+
+    def obj(self) -> Obj:
+        return self.api.get(self.path)
+
+    def status(self) -> Obj:
+        return dict(self.obj().get("status") or {})
+
+    def canary(self) -> Obj:
+        return dict(self.status().get("canary") or {})
+
+    def condition(self, kind: str) -> Obj:
+        return next((c for c in self.status().get("conditions") or [] if c["type"] == kind), {})
+
+    def wait(self, fn: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
+        """`wait_for`, failing with the status and the operator's log tail."""
+        try:
+            return wait_for(fn, timeout, what)
+        except WaitTimeoutError as e:
+            raise AssertionError(f"{e}\n{self.diagnosis()}") from None
+
+    def diagnosis(self) -> str:
+        try:
+            status = json.dumps(self.status(), indent=1)
+        except ApiError as e:
+            status = f"(unreadable: {e})"
+        return f"status: {status}\noperator log tail:\n{self.op.log()[-4000:]}"
+
+    def deployments(self) -> list[str]:
+        items = self.api.get(
+            api_path("apps/v1", "deployments", self.namespace),
+            labelSelector="roost.dev/modeldeployment=wine",
+        )["items"]
+        return sorted(d["metadata"]["name"] for d in items)
+
+    def pods(self, revision: str) -> list[Obj]:
+        return [
+            p
+            for p in list_pods(self.api, self.namespace, f"roost.dev/revision={revision}")
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def ready_pods(self, revision: str, count: int) -> list[Obj] | None:
+        pods = self.pods(revision)
+        ready = [p for p in pods if _ready(p)]
+        return pods if len(pods) == count and len(ready) == count else None
+
+    def serve_stable(self, gates: Obj, **extra: Any) -> str:
+        """wine-v1 as the stable revision on 2 Ready pods; returns its revision."""
+        self.apply("wine-v1", [{"weight": 50, "pause": "4s"}], gates, **extra)
+        rev: str = self.wait(lambda: (self.status().get("stable") or {}).get("revision"), "stable")
+        self.wait(lambda: self.ready_pods(rev, 2), f"2 Ready pods of {rev}")
+        return rev
+
+    def new_canary(self, old: str) -> str:
+        rev: str | None = self.wait(
+            lambda: self.canary().get("revision") if self.canary().get("revision") != old else None,
+            "a canary",
+        )
+        assert rev
+        return rev
+
+    def verdict(self, outcome: str, name: str) -> Obj:
+        """Wait for the last history entry to have `outcome`; print the apply-to-verdict time."""
+
+        def done() -> Obj | None:
+            st = self.status()
+            history = st.get("history") or []
+            return (
+                st
+                if history and history[-1]["outcome"] == outcome and not st.get("canary")
+                else None
+            )
+
+        st = self.wait(done, f"outcome {outcome}")
+        print(f"SCENARIO {name}: verdict {outcome} after {time.monotonic() - self.started:.1f} s")
+        return st
+
+    def assert_rolled_back(self, stable: str, failed: str, gate_words: str) -> Obj:
+        """Stable serves at full scale, the canary Deployment is gone, the failure stays put."""
+        st = self.status()
+        assert st["failedRevision"] == failed
+        assert st["stable"]["revision"] == stable
+        stalled = self.condition("Stalled")
+        assert (stalled["status"], stalled["reason"]) == ("True", "CanaryRolledBack"), stalled
+        assert gate_words in stalled["message"], stalled["message"]
+        self.wait(lambda: self.deployments() == [f"wine-{stable}"], "the canary Deployment gone")
+        self.wait(lambda: not self.pods(failed), "the canary pods gone")
+        self.wait(lambda: self.ready_pods(stable, 2), "the stable revision at full scale")
+        # Ready is about the stable revision serving, whatever happened to the canary.
+        self.wait(lambda: self.condition("Ready").get("status") == "True", "Ready=True")
+        assert self.condition("Stalled")["reason"] == "CanaryRolledBack"
+        deployment = self.api.get(
+            api_path("apps/v1", "deployments", self.namespace, f"wine-{stable}")
+        )
+        assert deployment["spec"]["replicas"] == 2
+        # All traffic now lands on the stable revision and succeeds.
+        with Traffic(self.api, self.namespace, "wine", self.rows(), rate=40, count=40) as after:
+            after.wait()
+        assert after.by_revision == {(stable, 200): 40}, after.by_revision
+        # Not retried while the spec asks for the same revision: a touch that makes the
+        # operator reconcile, then several analysis intervals without a new canary.
+        self.api.patch(self.path, {"metadata": {"labels": {"touched": "yes"}}}, "merge-patch")
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert self.deployments() == [f"wine-{stable}"], "the failed revision was retried"
+            assert not self.status().get("canary"), self.diagnosis()
+            time.sleep(0.5)
+        assert self.status()["failedRevision"] == failed
+        return st
+
+    def rows(self) -> list[list[float]]:
+        sample = json.loads((self.models["wine-v1"] / "sample.json").read_text())
+        return list(sample["rows"])
+
+    def traffic(self, seconds: float = 200) -> Traffic:
+        """Bounded traffic (30 req/s) to the Ready pods, by replicas."""
+        return Traffic(self.api, self.namespace, "wine", self.rows(), rate=30, duration=seconds)
+
+
+def _ready(pod: Obj) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+@pytest.fixture
+def rollout(
+    kube: client.ApiClient,
+    kube_api: KubeApi,
+    namespace: str,
+    example_models: dict[str, Path],
+    operator_process: Callable[[str], OperatorProcess],
+) -> Rollout:
+    """The CRD installed and an operator watching the test namespace."""
+    install_crd(kube)
+    return Rollout(kube_api, namespace, operator_process(namespace), example_models)
+
+
+def test_erroring_model_rolled_back_on_error_rate(rollout: Rollout) -> None:
+    gates = {"errorRate": {"max": 0.05}}
+    stable = rollout.serve_stable(gates)
+    with rollout.traffic():
+        rollout.apply("wine-bad-signature", [{"weight": 50, "pause": "4s"}], gates)
+        canary = rollout.new_canary(stable)
+        st = rollout.verdict("RolledBack", "error-rate")
+    entry = st["history"][-1]
+    assert entry["revision"] == canary
+    assert entry["reason"].startswith("gate errorRate failed"), entry
+    assert "error rate 100%" in entry["reason"], entry
+    rollout.assert_rolled_back(stable, canary, "error rate 100%")
+
+
+def test_shifted_model_rolled_back_on_drift(rollout: Rollout) -> None:
+    gates = {"errorRate": {"max": 0.05}, "drift": {"maxPSI": 0.25}}
+    stable = rollout.serve_stable(gates)
+    with rollout.traffic():
+        rollout.apply("wine-shifted", [{"weight": 50, "pause": "4s"}], gates)
+        canary = rollout.new_canary(stable)
+        st = rollout.verdict("RolledBack", "drift")
+    entry = st["history"][-1]
+    assert entry["reason"].startswith("gate drift failed"), entry  # errors stayed under 5%
+    psi = float(entry["reason"].split("PSI ")[1].split(" >")[0])
+    assert psi > 0.25, entry
+    rollout.assert_rolled_back(stable, canary, "PSI")
+
+
+def test_operator_killed_mid_step_resumes_and_promotes(rollout: Rollout) -> None:
+    gates = {"errorRate": {"max": 0.05}, "divergence": {"maxJSDistance": 0.3}}
+    stable = rollout.serve_stable(gates)
+    with rollout.traffic():
+        rollout.apply("wine-v2", [{"weight": 50, "pause": "25s"}], gates)
+        canary = rollout.new_canary(stable)
+        before = rollout.wait(
+            lambda: (c := rollout.canary()).get("readyReplicas") and c.get("analysisCount") and c,
+            "a ready canary with an analysis",
+        )
+        uids = {p["metadata"]["uid"] for p in rollout.pods(canary)}
+        assert rollout.op.proc is not None
+        rollout.op.proc.kill()  # SIGKILL: no cleanup, whatever was in memory is lost
+        rollout.op.proc.wait(timeout=10)
+        rollout.op.start()
+        # The new process has analysed at least once: it works from the persisted step.
+        after = rollout.wait(
+            lambda: (c := rollout.canary()).get("analysisCount", 0) > before["analysisCount"] and c,
+            "an analysis by the restarted operator",
+        )
+        assert (after["revision"], after["step"]) == (before["revision"], before["step"])
+        assert after["stepStartedAt"] == before["stepStartedAt"], "the step's clock restarted"
+        assert {p["metadata"]["uid"] for p in rollout.pods(canary)} == uids
+        st = rollout.verdict("Promoted", "operator-restart")
+    assert st["stable"]["revision"] == canary
+    assert st["history"][-1]["reason"] == "passed all 1 steps"
+    pods = rollout.wait(lambda: rollout.ready_pods(canary, 2), "the promoted revision at 2 pods")
+    # Promotion scaled the canary up: the pod that lived through the restart still serves.
+    assert uids <= {p["metadata"]["uid"] for p in pods}
+    for pod in pods:
+        assert all(s["restartCount"] == 0 for s in pod["status"]["containerStatuses"])
+    rollout.wait(lambda: rollout.deployments() == [f"wine-{canary}"], "the old stable removed")
+
+
+def test_prometheus_source_promotes_good_model(rollout: Rollout, prometheus: Prometheus) -> None:
+    gates = {
+        "errorRate": {"max": 0.05},
+        "latency": {"maxP99Seconds": 0.5, "maxP99Ratio": 5.0},
+        "drift": {"maxPSI": 0.25},
+        "divergence": {"maxJSDistance": 0.3},
+    }
+    source = {"analysis": {"source": "prometheus", "prometheusUrl": prometheus.url}}
+    stable = rollout.serve_stable(gates, **source)
+    with rollout.traffic():
+        rollout.apply("wine-v2", [{"weight": 50, "pause": "4s"}], gates, **source)
+        canary = rollout.new_canary(stable)
+        passed = rollout.wait(
+            lambda: (
+                (a := rollout.canary().get("lastAnalysis") or {}).get("verdict") == "pass" and a
+            ),
+            "a passing analysis from Prometheus",
+        )
+        st = rollout.verdict("Promoted", "prometheus")
+    assert st["stable"]["revision"] == canary
+    values = {g["name"]: g["value"] for g in passed["gates"]}
+    for gate in ("errorRate", "latencyP99", "latencyP99Ratio", "drift", "divergence"):
+        assert isinstance(values.get(gate), int | float), passed
+    assert values["minRequests"] >= 10, passed
+    # The figures came from Prometheus: it holds the canary's series under the pod labels.
+    series = prometheus.query(
+        f'roost_requests_total{{namespace="{rollout.namespace}",revision="{canary}"}}'
+    )
+    assert series, "Prometheus has no request series of the canary"
+    assert all(s["metric"].get("pod", "").startswith(f"wine-{canary}") for s in series), series
+
+
+def _kubectl_roost(rollout: Rollout, kubeconfig: Path, *args: str) -> str:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed on PATH"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [kubectl, "roost", "--kubeconfig", str(kubeconfig), "-n", rollout.namespace, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_kubectl_roost_promote_and_abort(rollout: Rollout, kubeconfig: Path) -> None:
+    gates = {"errorRate": {"max": 0.05}}
+    long_pause = [{"weight": 50, "pause": "10m"}, {"weight": 50, "pause": "10m"}]
+    v1 = rollout.serve_stable(gates)
+    with rollout.traffic():
+        rollout.apply("wine-v2", long_pause, gates)
+        v2 = rollout.new_canary(v1)
+        rollout.wait(lambda: rollout.canary().get("readyReplicas"), "a ready canary")
+        table = _kubectl_roost(rollout, kubeconfig, "status", "wine")
+        assert v1 in table, table
+        assert v2 in table, table
+        _kubectl_roost(rollout, kubeconfig, "promote", "wine")
+        st = rollout.verdict("Promoted", "kubectl-promote")
+        assert st["stable"]["revision"] == v2
+        assert st["history"][-1]["reason"] == "promoted by user"
+        assert "promote" in st["handledRequests"]
+        rollout.wait(lambda: rollout.deployments() == [f"wine-{v2}"], "the old stable removed")
+
+        rollout.apply("wine-shifted", long_pause, gates)
+        shifted = rollout.new_canary(v2)
+        rollout.wait(lambda: rollout.canary().get("readyReplicas"), "a ready canary")
+        _kubectl_roost(rollout, kubeconfig, "abort", "wine")
+        st = rollout.verdict("Aborted", "kubectl-abort")
+    assert st["history"][-1]["reason"] == "aborted by user"
+    rollout.assert_rolled_back(v2, shifted, "aborted by user")
+    history = _kubectl_roost(rollout, kubeconfig, "history", "wine")
+    assert "Aborted" in history, history
+    assert "Promoted" in history, history
+
+
+def _install_gateway_crds(kube: client.ApiClient) -> None:
+    assert GATEWAY_CRDS.is_dir(), f"{GATEWAY_CRDS} is missing: run hack/k8s/build.sh"
+    api = client.ApiextensionsV1Api(kube)
+    names = []
+    for path in sorted(GATEWAY_CRDS.glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        names.append(body["metadata"]["name"])
+        api.patch_custom_resource_definition(
+            names[-1],
+            body,
+            field_manager="roost-tests",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    def established() -> bool:
+        for name in names:
+            crd = api.read_custom_resource_definition(name)
+            found = crd.status.conditions if crd.status else None
+            conditions = {c.type: c.status for c in found or []}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    wait_for(established, 60, "the Gateway API CRDs established")
+
+
+def _route_weights(rollout: Rollout) -> tuple[tuple[str, int], ...] | None:
+    try:
+        route = rollout.api.get(ROUTES.format(ns=rollout.namespace))
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    return tuple((b["name"], int(b["weight"])) for b in backends)
+
+
+def test_http_route_weights_follow_steps(kube: client.ApiClient, rollout: Rollout) -> None:
+    _install_gateway_crds(kube)
+    gates = {"errorRate": {"max": 0.05}}
+    traffic = {"traffic": {"httpRoute": {"name": "wine", "parentRefs": [{"name": "gateway"}]}}}
+    stable = rollout.serve_stable(gates, **traffic)
+    assert rollout.wait(lambda: _route_weights(rollout), "the HTTPRoute") == (
+        (f"wine-{stable}", 100),
+    )
+    steps = [{"weight": 25, "pause": "4s"}, {"weight": 50, "pause": "4s"}]
+    seen: list[tuple[tuple[str, int], ...]] = []
+    with rollout.traffic():
+        rollout.apply("wine-v2", steps, gates, **traffic)
+
+        def promoted() -> bool:
+            weights = _route_weights(rollout)
+            if weights and (not seen or seen[-1] != weights):
+                seen.append(weights)
+            history = rollout.status().get("history") or []
+            return bool(history) and history[-1]["outcome"] == "Promoted"
+
+        rollout.wait(promoted, "promotion through the HTTPRoute steps")
+        print(
+            f"SCENARIO httproute: verdict Promoted after {time.monotonic() - rollout.started:.1f} s"
+        )
+    canary = rollout.status()["stable"]["revision"]
+    rollout.wait(
+        lambda: _route_weights(rollout) == ((f"wine-{canary}", 100),), "all route weight on v2"
+    )
+    old, new = f"wine-{stable}", f"wine-{canary}"
+    # Ordered, possibly with the canary at 0 until its pods are ready: 100/0 -> 75/25 -> 50/50.
+    splits = [dict(w).get(new, 0) for w in seen if dict(w).get(old) is not None]
+    shown = [s for i, s in enumerate(splits) if s and (i == 0 or splits[i - 1] != s)]
+    assert shown == [25, 50], seen
+    assert all(sum(dict(w).values()) == 100 for w in seen), seen
+    # The weights were also the canary's Services: one per revision as backends.
+    service = rollout.api.get(api_path("v1", "services", rollout.namespace, new))
+    assert service["spec"]["selector"]["roost.dev/revision"] == canary
