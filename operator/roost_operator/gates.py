@@ -12,7 +12,8 @@ Gates (names as they appear in `status.canary.lastAnalysis.gates` and operator m
 - ``latencyP99``: canary p99 request latency in seconds (``maxP99Seconds``).
 - ``latencyP99Ratio``: canary p99 over the stable p99 of the same window (``maxP99Ratio``).
 - ``drift``: max over features of the canary's ``roost_feature_psi``, averaged over canary pods
-  weighted by the rows in each pod's drift window (``maxPSI``).
+  weighted by the rows in each pod's drift window (``maxPSI``); it abstains (inconclusive) until
+  the canary's windows hold ``minRows`` rows, since PSI over few rows is mostly sampling noise.
 - ``divergence``: Jensen-Shannon distance (base 2) between the canary's and the stable
   revision's ``roost_predictions_total`` deltas (``maxJSDistance``).
 """
@@ -37,6 +38,9 @@ DURATION_BUCKET = "roost_request_duration_seconds_bucket"
 PREDICTIONS = "roost_predictions_total"
 FEATURE_PSI = "roost_feature_psi"
 DRIFT_ROWS = "roost_drift_window_rows"
+# PSI over n rows of k bins carries a sampling bias of about (k - 1) / n even without drift
+# (0.45 at 20 rows of 10 bins, 0.045 at 200): below this many rows the drift gate abstains.
+DEFAULT_MIN_DRIFT_ROWS = 200
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -268,6 +272,7 @@ class GateThresholds:
     max_p99_seconds: float | None = None
     max_p99_ratio: float | None = None
     max_psi: float | None = None
+    min_drift_rows: int = DEFAULT_MIN_DRIFT_ROWS
     max_js_distance: float | None = None
 
     @classmethod
@@ -290,6 +295,10 @@ class GateThresholds:
                 (gates.get("latency") or {}).get("maxP99Ratio"), "latency.maxP99Ratio"
             ),
             max_psi=_number((gates.get("drift") or {}).get("maxPSI"), "drift.maxPSI"),
+            min_drift_rows=int(
+                _number((gates.get("drift") or {}).get("minRows"), "drift.minRows")
+                or DEFAULT_MIN_DRIFT_ROWS
+            ),
             max_js_distance=_number(
                 (gates.get("divergence") or {}).get("maxJSDistance"), "divergence.maxJSDistance"
             ),
@@ -387,6 +396,7 @@ def evaluate(
     appended to the message (e.g. pods that could not be scraped).
     """
     total = canary.total_requests
+    hints = dict(_HINTS)
     gates = [
         GateResult(
             "minRequests",
@@ -407,6 +417,12 @@ def evaluate(
         gates.append(_upper_gate("latencyP99Ratio", ratio, thresholds.max_p99_ratio))
     if thresholds.max_psi is not None:
         psi = max(canary.feature_psi.values()) if canary.feature_psi else None
+        if psi is not None and canary.drift_rows < thresholds.min_drift_rows:
+            hints["drift"] = (
+                f"drift ({int(canary.drift_rows)} rows in the canary's drift windows,"
+                f" {thresholds.min_drift_rows} needed: drift.minRows)"
+            )
+            psi = None
         gates.append(_upper_gate("drift", psi, thresholds.max_psi))
     if thresholds.max_js_distance is not None:
         distance = js_distance(canary.predictions, stable.predictions) if stable else None
@@ -425,7 +441,7 @@ def evaluate(
         )
     elif unmeasured:
         verdict = "inconclusive"
-        message = "no data for " + ", ".join(_HINTS.get(n, n) for n in unmeasured)
+        message = "no data for " + ", ".join(hints.get(n, n) for n in unmeasured)
     else:
         verdict = "pass"
         message = f"all gates passed on {int(total)} canary requests"

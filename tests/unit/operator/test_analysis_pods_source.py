@@ -90,7 +90,7 @@ def _balanced(pod: ServingPod, n: int, **kwargs: Any) -> None:
 def _healthy(canary: ServingPod, stable: ServingPod) -> None:
     canary.serve(50, prediction="0")
     canary.serve(50, prediction="1")
-    canary.drift({"f0": 0.05, "f1": 0.1}, rows=100)
+    canary.drift({"f0": 0.05, "f1": 0.1}, rows=400)
     stable.serve(150, prediction="0")
     stable.serve(150, prediction="1")
 
@@ -132,7 +132,7 @@ def _slow(canary: ServingPod) -> None:
 
 def _drifted(canary: ServingPod) -> None:
     _balanced(canary, 100)
-    canary.drift({"f0": 0.05, "f1": 0.6}, rows=100)
+    canary.drift({"f0": 0.05, "f1": 0.6}, rows=400)
 
 
 def _constant(canary: ServingPod) -> None:
@@ -157,7 +157,7 @@ async def test_each_gate_fails(
     canary, stable = await pod("canary"), await pod("stable")
     await _baseline(source, canary, stable)
     _balanced(stable, 300)
-    canary.drift({"f0": 0.05}, rows=100)  # healthy unless the case says otherwise
+    canary.drift({"f0": 0.05}, rows=400)  # healthy unless the case says otherwise
     traffic(canary)
     # The ratio gate has its own test; here each case breaks exactly one gate.
     result = await _analyse(

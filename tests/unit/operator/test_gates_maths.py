@@ -231,7 +231,7 @@ def _canary(**overrides: object) -> RevisionWindow:
         "p99_seconds": 0.45,
         "predictions": {"a": 55, "b": 45},
         "feature_psi": {"f0": 0.1, "f1": 0.2},
-        "drift_rows": 100,
+        "drift_rows": 400,
     }
     base.update(overrides)
     return RevisionWindow(**base)  # type: ignore[arg-type]
@@ -327,3 +327,26 @@ def test_to_status_shape() -> None:
     assert all(isinstance(g["threshold"], float) for g in status["gates"])
     unmeasured = evaluate(_canary(feature_psi={}), STABLE, _thresholds(), NOW).to_status()
     assert "value" not in next(g for g in unmeasured["gates"] if g["name"] == "drift")
+
+
+def test_drift_abstains_until_the_windows_hold_min_rows() -> None:
+    # 30 rows of 10 bins: PSI ~ 0.3 from sampling noise alone, not evidence of drift.
+    few = evaluate(_canary(feature_psi={"f0": 0.6}, drift_rows=30), STABLE, _thresholds(), NOW)
+    gate = few.gate("drift")
+    assert gate is not None
+    assert gate.verdict == "inconclusive"
+    assert few.verdict == "inconclusive"
+    assert "drift (30 rows in the canary's drift windows, 200 needed" in few.message
+    enough = evaluate(_canary(feature_psi={"f0": 0.6}, drift_rows=200), STABLE, _thresholds(), NOW)
+    assert enough.verdict == "fail"
+    relaxed = _thresholds(min_drift_rows=20)
+    assert (
+        evaluate(_canary(feature_psi={"f0": 0.6}, drift_rows=30), STABLE, relaxed, NOW).verdict
+        == "fail"
+    )
+
+
+def test_drift_min_rows_comes_from_the_spec() -> None:
+    spec = {"gates": {"drift": {"maxPSI": 0.2, "minRows": 500}}}
+    assert GateThresholds.from_spec(spec).min_drift_rows == 500
+    assert GateThresholds.from_spec({"gates": {"drift": {"maxPSI": 0.2}}}).min_drift_rows == 200
