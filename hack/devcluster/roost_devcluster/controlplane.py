@@ -166,6 +166,10 @@ def _component_args(layout: Layout, ports: dict[str, int], name: str) -> list[st
     return [
         *common,
         "--controllers=*",
+        # kwok renews node heartbeats from one process; on a loaded 2-core machine it can miss
+        # the default 50 s grace, and the node lifecycle controller then marks every pod on the
+        # node NotReady. A fake node has nothing to lose, so give it longer.
+        "--node-monitor-grace-period=5m",
         # Each controller acts as its own service account, as kubeadm clusters do.
         "--use-service-account-credentials=true",
         f"--service-account-private-key-file={layout.pki / 'sa.key'}",

@@ -71,6 +71,9 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+READINESS = ("Ready", "ContainersReady")
+
+
 class PodWorker(threading.Thread):
     """Runs one pod's containers and reports its status; one thread per pod."""
 
@@ -264,7 +267,12 @@ class PodWorker(threading.Thread):
         else:
             phase = "Pending"
         status = {"phase": phase, "conditions": conditions, "containerStatuses": statuses}
-        if status == self._last_reported:
+        # Others write these conditions too (the node lifecycle controller marks pods NotReady
+        # while a kwok node misses heartbeats under load): like a kubelet, put ours back when
+        # the live pod disagrees, not only when our own view changed.
+        ours = {c["type"]: c["status"] for c in conditions if c["type"] in READINESS}
+        live = {t: existing.get(t, {}).get("status") for t in READINESS}
+        if status == self._last_reported and ours == live:
             return
         try:
             # A merge patch replaces both lists whole: the runner owns them for this pod.
