@@ -83,7 +83,7 @@ def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
                     "gates": {
                         "errorRate": {"max": 0.05},
                         "latency": {"maxP99Seconds": 0.5},
-                        "drift": {"maxPSI": 0.25},
+                        "drift": {"maxPSI": 0.3},
                         "divergence": {"maxJSDistance": 0.3},
                     },
                 },
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     try:
         cluster = controlplane.up(layout, log=print)
-        with run_prometheus(layout, cluster.server) as prom:
+        with run_prometheus(layout) as prom:
             result = run(cluster, args.out)
             seen = prom.query("sum by (revision) (roost_requests_total)")
     except (DemoError, controlplane.StartError, subprocess.CalledProcessError, ApiError) as e:
