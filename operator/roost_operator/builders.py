@@ -105,9 +105,19 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
         {"name": "ROOST_MAX_DELAY_MS", "value": str(server.max_delay_ms)},
         {"name": "ROOST_THREADS", "value": str(server.threads)},
         {"name": "ROOST_DRIFT_WINDOW", "value": str(server.drift_window)},
+        # After SIGTERM the server stays up but unready this long, so Services, gateways and
+        # clients stop sending before the listener closes; well inside the grace period.
+        {"name": "ROOST_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
     ]
+    # spec.server.env comes last and wins: server-side apply keys env by name, so a name
+    # given twice would be refused rather than overridden.
+    extra = dict(server.env)
+    env = [e for e in env if e["name"] not in extra]
     env += [{"name": name, "value": value} for name, value in server.env]
     return env
+
+
+DRAIN_SECONDS = 3
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:

@@ -74,6 +74,15 @@ class TestDeployment:
         assert env["POD_NAME"]["fieldRef"]["fieldPath"] == "metadata.name"
         assert env["POD_NAMESPACE"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
+    def test_pods_drain_before_closing_and_spec_env_overrides_by_name(self) -> None:
+        env = env_of(builders.build_deployment(OWNER, spec(), REV, 1, "img:1"))
+        assert env["ROOST_DRAIN_SECONDS"] == "3"
+        s = spec(server={"env": [{"name": "ROOST_DRAIN_SECONDS", "value": "10"}]})
+        d = builders.build_deployment(OWNER, s, REV, 1, "img:1")
+        names = [e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]]
+        assert names.count("ROOST_DRAIN_SECONDS") == 1
+        assert env_of(d)["ROOST_DRAIN_SECONDS"] == "10"
+
     def test_optional_env_left_out(self) -> None:
         env = env_of(builders.build_deployment(OWNER, spec(), REV, 1, "img:1"))
         assert "ROOST_SHA256" not in env
