@@ -294,6 +294,9 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
                     f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
                     f"--server-address=127.0.0.1:{state.ports['kwok']}",
                     "--node-ip=127.0.0.1",
+                    # Node leases are the cheap heartbeat the node lifecycle controller reads
+                    # first; without them kwok's status heartbeat (~55 s) outlives its grace.
+                    "--node-lease-duration-seconds=40",
                 ],
             )
             for name, cidr in node_cidrs(layout.root).items():

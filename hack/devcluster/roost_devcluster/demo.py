@@ -83,7 +83,7 @@ def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
                     "gates": {
                         "errorRate": {"max": 0.05},
                         "latency": {"maxP99Seconds": 0.5},
-                        "drift": {"maxPSI": 0.3},
+                        "drift": {"maxPSI": 0.4},
                         "divergence": {"maxJSDistance": 0.3},
                     },
                 },
