@@ -206,3 +206,18 @@ def test_scale_subresource_and_printer_columns(
         "AVAILABLE",
         "AGE",
     ]
+
+
+@pytest.mark.usefixtures("crd")
+def test_readme_example_is_accepted(kube: client.ApiClient, namespace: str) -> None:
+    """The manifest the README shows (examples/modeldeployment.yaml) passes the real schema."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    body = yaml.safe_load((root / "examples" / "modeldeployment.yaml").read_text())
+    readme = (root / "README.md").read_text()
+    assert "uri: s3://models/wine/v2/model.onnx" in readme
+    created = _create(kube, namespace, body)
+    gates = created["spec"]["rollout"]["analysis"]["gates"]
+    assert gates["drift"] == {"maxPSI": 0.2, "minRows": 200}
+    assert created["spec"]["server"]["port"] == 8080
