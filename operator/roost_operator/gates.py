@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from roost_serving import drift
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Labels = tuple[tuple[str, str], ...]
@@ -172,23 +173,15 @@ def histogram_quantile(q: float, buckets: Mapping[str, float] | Mapping[float, f
 def js_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float:
     """Jensen-Shannon distance, base 2 (0 identical, 1 disjoint), of two count maps.
 
-    Same definition as the contract's "prediction divergence"; missing keys count as zero.
+    The contract's "prediction divergence": the maths is `roost_serving.drift.js_distance`,
+    here over the union of bins (missing keys count as zero); NaN when either side is empty.
     """
     keys = sorted(set(p) | set(q))
-    a = np.array([max(p.get(k, 0.0), 0.0) for k in keys], dtype=float)
-    b = np.array([max(q.get(k, 0.0), 0.0) for k in keys], dtype=float)
-    if a.sum() <= 0 or b.sum() <= 0:
+    a = [max(p.get(k, 0.0), 0.0) for k in keys]
+    b = [max(q.get(k, 0.0), 0.0) for k in keys]
+    if sum(a) <= 0 or sum(b) <= 0:
         return math.nan
-    a, b = a / a.sum(), b / b.sum()
-    m = (a + b) / 2
-
-    def kl(x: np.ndarray[Any, np.dtype[np.float64]]) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
-
-    divergence = (kl(a) + kl(b)) / 2
-    # Rounding can leave a hair below zero or above one.
-    return float(math.sqrt(min(max(divergence, 0.0), 1.0)))
+    return drift.js_distance(a, b)
 
 
 def weighted_feature_psi(pods: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:
