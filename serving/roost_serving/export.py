@@ -23,7 +23,7 @@ import fsspec
 import numpy as np
 import numpy.typing as npt
 
-from roost_serving.profile import ProfileError, Table, read_table
+from roost_serving.tabular import ProfileError, Table, read_table
 
 __all__ = ["ExportError", "Verification", "add_cli", "convert", "verify"]
 
