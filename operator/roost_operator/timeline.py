@@ -160,7 +160,8 @@ def plot(samples: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") ->
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, label=key)
         ax.set_ylabel("client req/s, errors/s")
-        ax.legend(loc="upper left", fontsize="small", frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize="small", frameon=False)
         for ax, (gate, label, scale, unit) in zip(axes[2:], PANELS, strict=True):
             t, v = _series(samples, gate, "value")
             ax.plot(t, [x * scale for x in v], marker="o", markersize=3, color="#444444")

@@ -4,8 +4,8 @@ Services have no endpoints for loopback pod IPs, so the generator does the Servi
 it lists pods labelled ``roost.dev/modeldeployment=<name>`` that are Ready (refreshed every
 second, so canary pods join as they become Ready) and sends Open Inference Protocol V2 infer
 requests round-robin by pod IP, so traffic splits in proportion to ready replicas. Rows are
-cycled from the given list, one row per request. Outcomes are counted by HTTP status code
-(``0`` = connection error or timeout), per revision and per pod.
+drawn at random (seeded) from the given list, one row per request. Outcomes are counted by
+HTTP status code (``0`` = connection error or timeout), per revision and per pod.
 
 Every run is bounded in count and time, and only 127.0.0.0/8 addresses are ever targeted::
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import random
 import threading
 import time
 from collections import Counter
@@ -119,6 +120,7 @@ class Traffic:
         input_name: str = "X",
         datatype: str = "FP32",
         timeout: float = 5.0,
+        seed: int = 0,
     ) -> None:
         if not rows:
             raise ValueError("rows must not be empty")
@@ -128,6 +130,10 @@ class Traffic:
         self.rows, self.rate, self.duration = rows, rate, duration
         self.limit = min(count if count is not None else int(rate * duration) + 1, MAX_REQUESTS)
         self.input_name, self.datatype, self.timeout = input_name, datatype, timeout
+        # Rows are drawn at random, not cycled: cycling in step with the round-robin over pods
+        # would hand each pod the same fixed subset (every 4th row of 400 for 4 pods), a biased
+        # sample that reads as input drift.
+        self._rng = random.Random(seed)
         self.codes: Counter[int] = Counter()
         self.by_revision: Counter[tuple[str, int]] = Counter()
         self.by_pod: Counter[str] = Counter()
@@ -170,7 +176,6 @@ class Traffic:
         end = start + self.duration
         targets: list[Target] = []
         refreshed = -REFRESH_SECONDS
-        rows = itertools.cycle(self.rows)
         turn = itertools.count()
         due = start
         with httpx.Client(timeout=self.timeout) as http:
@@ -193,7 +198,7 @@ class Traffic:
                 if due > now:
                     self._stop.wait(due - now)
                 target = targets[next(turn) % len(targets)]
-                body = infer_body(next(rows), self.input_name, self.datatype)
+                body = infer_body(self._rng.choice(self.rows), self.input_name, self.datatype)
                 try:
                     code = http.post(target.url, json=body).status_code
                 except httpx.HTTPError:
