@@ -111,12 +111,11 @@ def _condition(md: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
 
 
 def _gate_line(analysis: Mapping[str, Any]) -> str:
-    parts = []
-    for g in analysis.get("gates") or []:
-        value = g.get("value")
-        shown = "n/a" if value is None else f"{value:.3g}"
-        parts.append(f"{g['name']} {shown} (≤ {g.get('threshold')}: {g.get('verdict')})")
-    return ", ".join(parts)
+    """The gates as `kubectl roost status` words them, each with its verdict."""
+    from roost_operator.rollout.messages import describe_gate
+
+    gates = [g for g in analysis.get("gates") or [] if isinstance(g, Mapping)]
+    return ", ".join(f"{describe_gate(g)} ({g.get('verdict')})" for g in gates)
 
 
 class Watcher:

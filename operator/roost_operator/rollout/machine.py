@@ -424,7 +424,7 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
     pause_over = obs.now >= c.step_started_at + timedelta(seconds=policy.pause_seconds(c.step))
     if ready and pause_over and _step_passed(policy, c):
         if c.step + 1 >= len(policy.steps):
-            return t.steady(t.promote(state, f"passed all {len(policy.steps)} steps"))
+            return _scale_up_then_promote(t, state)
         passed = (
             f": {describe_analysis(c.last_analysis, 0, policy.failure_limit)}"
             if policy.analysis_enabled and c.last_analysis
@@ -443,6 +443,31 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
         return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
     return _running(t, state)
+
+
+def _scale_up_then_promote(t: _Tick, state: RolloutState) -> Decision:
+    """The last step passed: bring the canary to full scale, then promote it.
+
+    Promotion removes the old stable Deployment, so the canary first grows to the total replica
+    count next to the stable revision (which keeps its last-step share, and the route its last
+    weight); only when all of its pods are ready does it become the stable revision. Serving
+    capacity never dips below the total, and the gates keep judging while it scales.
+    """
+    policy, obs = t.policy, t.obs
+    c = state.canary
+    assert c is not None
+    passed = f"passed all {len(policy.steps)} steps"
+    total = max(obs.total_replicas, 0)
+    if t.ready_pods >= max(1, total):
+        return t.steady(t.promote(state, passed))
+    stable, _, weight = t.replicas(c, True)
+    message = (
+        f"{at_step(policy, c)}: {passed}; scaling the canary to full scale before promotion "
+        f"({t.ready_pods}/{total} ready)"
+    )
+    return t.decision(
+        state, (stable, total, weight), ("CanaryProgressing", message), READINESS_POLL_SECONDS
+    )
 
 
 def _running(t: _Tick, state: RolloutState) -> Decision:

@@ -321,10 +321,25 @@ class TestAnalysis:
         d = r.tick(0, canary_ready=1, analysis=drifted(0))
         assert d.state.history[-1].reason == "gate drift failed (PSI 0.91 > 0.25)"
 
-    def test_last_step_promotes_the_canary(self) -> None:
+    def test_last_step_scales_the_canary_up_before_promoting_it(self) -> None:
         r = running(step=1)
         r.tick(40, canary_ready=2, analysis=passed(40))
         d = r.tick(61, canary_ready=2, analysis=passed(61))
+        # Passed: the canary grows to the full 4 next to the stable's 2, route still at 50%.
+        assert r.canary.revision == V2.revision
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (2, 4, 50)
+        assert d.progressing is not None
+        assert d.progressing[0] == "CanaryProgressing"
+        assert (
+            "passed all 2 steps; scaling the canary to full scale before promotion"
+            in (d.progressing[1])
+        )
+        assert "(2/4 ready)" in d.progressing[1]
+        assert d.requeue_after is not None
+        assert reasons(d) == []
+        d = r.tick(63, canary_ready=3)
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (2, 4, 50)
+        d = r.tick(65, canary_ready=4)
         s = d.state
         assert s.stable == V2
         assert s.canary is None
@@ -337,6 +352,16 @@ class TestAnalysis:
         assert d.progressing is None
         assert d.stalled is None
 
+    def test_failures_while_scaling_up_still_roll_back(self) -> None:
+        r = running(step=1)
+        r.tick(40, canary_ready=2, analysis=passed(40))
+        r.tick(61, canary_ready=2, analysis=passed(61))
+        r.tick(71, canary_ready=3, analysis=drifted(71))
+        d = r.tick(81, canary_ready=3, analysis=drifted(81))
+        assert d.state.stable == V1
+        assert d.state.history[-1].outcome == "RolledBack"
+        assert (d.stable_replicas, d.canary_replicas) == (4, 0)
+
     def test_without_gates_the_pause_alone_ends_a_step(self) -> None:
         r = Rollout(replace(POLICY, analysis_enabled=False))
         r.tick(0, canary_ready=1)
@@ -347,6 +372,8 @@ class TestAnalysis:
         r.tick(30, canary_ready=1)
         assert r.canary.step == 1
         d = r.tick(60, canary_ready=2)
+        assert d.canary_replicas == 4
+        d = r.tick(62, canary_ready=4)
         assert d.state.stable == V2
 
 
