@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONPATH := $(abspath hack/devcluster)
 
-.PHONY: help venv lint typecheck contracts unit e2e test demo bench cluster-up cluster-down k8s-binaries system-deps examples clean
+.PHONY: help venv lint typecheck contracts unit e2e test demo bench images cluster-up cluster-down k8s-binaries system-deps examples clean
 
 help:
-	@echo "make demo | test | lint | unit | e2e | bench | cluster-up | cluster-down | examples"
+	@echo "make demo | test | lint | unit | e2e | bench | images | cluster-up | cluster-down | examples"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ demo: venv system-deps k8s-binaries
 bench: venv system-deps
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_drift.py
+
+# Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
+images:
+	bash hack/build-images.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

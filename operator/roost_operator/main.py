@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import kopf
 
@@ -25,9 +27,11 @@ def _port(value: str) -> int:
     return port
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[OperatorConfig, bool]:
+def parse_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[OperatorConfig, bool]:
     """The operator's configuration from the command line and the environment."""
-    env = os.environ
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="roost-operator",
         description="Reconciles ModelDeployments into serving pods and runs canary rollouts.",
@@ -88,5 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=list(cfg.namespaces),
         liveness_endpoint=f"http://{cfg.bind_address}:{cfg.health_port}/healthz",
         memo=kopf.Memo(config=cfg),
+        # kopf types this as its `Identity` NewType of str, which it does not export.
+        identity=cast(Any, operator_identity()),
     )
     return 0
+
+
+def operator_identity(env: Mapping[str, str] | None = None) -> str:
+    """Who this operator is, for kopf: the pod name, else the host name, plus the PID.
+
+    kopf's own default asks `getpass.getuser()`, which raises for a numeric UID without a
+    /etc/passwd entry: exactly how the image runs (`USER 10001`) under `runAsNonRoot`.
+    """
+    env = os.environ if env is None else env
+    return f"roost-operator@{env.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
