@@ -14,6 +14,7 @@ matplotlib is imported only when drawing.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,14 +121,19 @@ def _series(
     samples: Iterable[Mapping[str, Any]], gate: str, key: str
 ) -> tuple[list[datetime], list[float]]:
     # One point per analysis, not per poll: the gate value only changes when an analysis runs.
+    # A NaN between two canaries breaks the line, so one rollout's values never join the next's.
     times: list[datetime] = []
     values: list[float] = []
-    last = None
+    last, canary = None, None
     for s in samples:
         g = s["gates"].get(gate)
         if g is None or g.get(key) is None or s.get("analysisTime") == last:
             continue
         last = s.get("analysisTime")
+        if values and s.get("canary") != canary:
+            times.append(_when(s))
+            values.append(math.nan)
+        canary = s.get("canary")
         times.append(_when(s))
         values.append(float(g[key]))
     return times, values

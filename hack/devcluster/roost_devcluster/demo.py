@@ -36,6 +36,7 @@ MD_PATH = "/apis/roost.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 DEMO_NAMESPACE = "roost-demo"
 NAME = "wine"
 STAGE_TIMEOUT = 240.0  # seconds one stage may take before the demo calls it failed
+RATE_WINDOW_SECONDS = 1.0  # client request and error rates are measured over at least this
 Log = Callable[[str], None]
 
 
@@ -115,6 +116,8 @@ def _gate_line(analysis: Mapping[str, Any]) -> str:
     from roost_operator.rollout.messages import describe_gate
 
     gates = [g for g in analysis.get("gates") or [] if isinstance(g, Mapping)]
+    if not gates:  # e.g. the first scrape, which only sets the baseline for counter deltas
+        return str(analysis.get("message") or "no gate measured yet")
     return ", ".join(f"{describe_gate(g)} ({g.get('verdict')})" for g in gates)
 
 
@@ -131,6 +134,7 @@ class Watcher:
         )
         self._last_line = ""
         self._last_counts: tuple[float, int, int] = (time.monotonic(), 0, 0)
+        self._rates: dict[str, float] = {}
 
     def poll(self) -> dict[str, Any]:
         """One poll: a timeline sample and a printed line when the rollout moved."""
@@ -141,9 +145,17 @@ class Watcher:
         codes = self.traffic.snapshot()
         sent, errors = sum(codes.values()), sum(n for c, n in codes.items() if not 200 <= c < 300)
         t0, sent0, errors0 = self._last_counts
-        dt = max(now_mono - t0, 1e-3)
-        extra = {"requestRate": (sent - sent0) / dt, "errorRate": (errors - errors0) / dt}
-        self._last_counts = (now_mono, sent, errors)
+        dt = now_mono - t0
+        if dt >= RATE_WINDOW_SECONDS or not self._rates:
+            # Rates over at least a second: watch events come in bursts, and a rate over a few
+            # milliseconds reads as 0 or as a spike.
+            dt = max(dt, 1e-3)
+            self._rates = {
+                "requestRate": (sent - sent0) / dt,
+                "errorRate": (errors - errors0) / dt,
+            }
+            self._last_counts = (now_mono, sent, errors)
+        extra = dict(self._rates)
         timeline.append(self.record, timeline.sample(md, datetime.now(UTC), extra))
         status = md.get("status") or {}
         canary = status.get("canary") or {}

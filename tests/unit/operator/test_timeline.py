@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,21 @@ def test_record_load_and_plot_round_trip(tmp_path: Path) -> None:
     timeline.plot(samples, out, title="wine")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def test_gate_series_has_one_point_per_analysis_and_breaks_between_canaries() -> None:
+    first = md(25, "2026-11-22T08:00:05Z", [])
+    again = md(25, "2026-11-22T08:00:05Z", [])  # polled twice, same analysis
+    later = md(50, "2026-11-22T08:00:10Z", [])
+    other = md(25, "2026-11-22T08:00:20Z", [])
+    other["status"]["canary"]["revision"] = "64f6131139"
+    samples = [
+        timeline.sample(m, T0 + timedelta(seconds=i))
+        for i, m in enumerate([first, again, later, other])
+    ]
+    times, values = timeline._series(samples, "errorRate", "value")
+    assert len(times) == len(values) == 4
+    assert values[:2] == [0.01, 0.01]
+    assert math.isnan(values[2])  # the gap: the next canary's line starts afresh
+    assert values[3] == 0.01
+    assert times[2] == times[3] == T0 + timedelta(seconds=3)
