@@ -18,7 +18,7 @@ import ssl
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,16 +109,33 @@ def log_tails(layout: Layout, lines: int = 15) -> str:
     return "\n".join(parts)
 
 
-def _wait(what: str, check: Callable[[], bool], layout: Layout, deadline: float) -> None:
+def _failure(layout: Layout, headline: str) -> StartError:
+    # The headline goes first and again last: CI and terminals often show only the tail.
+    return StartError(f"{headline}\n{log_tails(layout)}\n--- {headline}")
+
+
+def _wait(
+    what: str,
+    check: Callable[[], bool],
+    layout: Layout,
+    deadline: float,
+    running: Sequence[procs.Proc] = (),
+) -> None:
+    """Poll ``check`` until it holds; fail at once if a started component has died."""
     last_error = ""
+    started = time.monotonic()
     while time.monotonic() < deadline:
+        dead = [p.name for p in running if not p.alive()]
+        if dead:
+            raise _failure(layout, f"{', '.join(dead)} exited while waiting for {what}")
         try:
             if check():
                 return
         except (httpx.HTTPError, ApiError, OSError, KeyError) as exc:
             last_error = f" (last error: {exc})"
         time.sleep(0.25)
-    raise StartError(f"timed out waiting for {what}{last_error}\n{log_tails(layout)}")
+    waited = time.monotonic() - started
+    raise _failure(layout, f"timed out after {waited:.0f} s waiting for {what}{last_error}")
 
 
 def _healthy(url: str, ctx: ssl.SSLContext | bool) -> bool:
@@ -273,14 +290,20 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
     try:
         spawn("etcd", [str(binaries["etcd"]), *_etcd_args(layout, state.ports)])
         etcd_health = f"http://127.0.0.1:{state.ports['etcd']}/health"
-        _wait("etcd /health", lambda: _healthy(etcd_health, False), layout, deadline)
+        _wait(
+            "etcd /health",
+            lambda: _healthy(etcd_health, False),
+            layout,
+            deadline,
+            state.procs,
+        )
         spawn(
             "kube-apiserver",
             [str(binaries["kube-apiserver"]), *_apiserver_args(layout, state.ports)],
         )
         api = KubeApi.from_kubeconfig(layout.kubeconfig)
         try:
-            _wait("kube-apiserver /readyz", api.healthy, layout, deadline)
+            _wait("kube-apiserver /readyz", api.healthy, layout, deadline, state.procs)
             log(f"[devcluster] apiserver ready after {time.monotonic() - start:.1f} s")
             for name in ("kube-controller-manager", "kube-scheduler"):
                 spawn(name, [str(binaries[name]), *_component_args(layout, state.ports, name)])
@@ -316,11 +339,23 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
                 )
             for name in ("kube-controller-manager", "kube-scheduler"):
                 url = f"https://127.0.0.1:{state.ports[name]}/healthz"
-                _wait(f"{name} /healthz", lambda u=url: _healthy(u, False), layout, deadline)  # type: ignore[misc]
-            _wait("kwok nodes Ready", lambda: _nodes_ready(api), layout, deadline)
+                _wait(
+                    f"{name} /healthz",
+                    lambda u=url: _healthy(u, False),  # type: ignore[misc]
+                    layout,
+                    deadline,
+                    state.procs,
+                )
+            _wait("kwok nodes Ready", lambda: _nodes_ready(api), layout, deadline, state.procs)
             # Pods are only admitted once the namespace's default ServiceAccount exists.
             default_sa = api_path("v1", "serviceaccounts", "default", "default")
-            _wait("the default ServiceAccount", lambda: bool(api.get(default_sa)), layout, deadline)
+            _wait(
+                "the default ServiceAccount",
+                lambda: bool(api.get(default_sa)),
+                layout,
+                deadline,
+                state.procs,
+            )
         finally:
             api.close()
     except BaseException:
@@ -329,7 +364,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
     dead = [p.name for p in state.procs if not p.alive()]
     if dead:
         procs.stop(state.procs, grace=2.0)
-        raise StartError(f"{', '.join(dead)} exited during start-up\n{log_tails(layout)}")
+        raise _failure(layout, f"{', '.join(dead)} exited during start-up")
     log(f"[devcluster] cluster up in {time.monotonic() - start:.1f} s")
     return Cluster(layout, state)
 
