@@ -97,9 +97,22 @@ def up_to_date(desired: Manifest, live: Mapping[str, Any] | None) -> bool:
     return want_hash == have_hash and contains(desired, live)
 
 
+def _stored(value: Any) -> Any:
+    """`value` as the API server keeps it after a merge patch: null members are removed."""
+    if isinstance(value, Mapping):
+        return {k: _stored(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    return value
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-level merge patch from `old` to `new` status (empty when equal)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    """Top-level merge patch from `old` to `new` status (empty when equal).
+
+    Nested nulls in `new` stay in the patch (they delete stale members) but do not count as a
+    change against a stored status that simply lacks those members.
+    """
+    patch: dict[str, Any] = {k: v for k, v in new.items() if _stored(old.get(k)) != _stored(v)}
     patch.update({k: None for k in old if k not in new})
     return patch
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -246,17 +246,28 @@ def _observed(
     return out
 
 
-async def _http_route(runtime: Runtime, namespace: str, spec: Mapping[str, Any]) -> Any:
-    route = ((spec.get("traffic") or {}).get("httpRoute") or {}).get("name")
-    if not route:
-        return None
-    path = collection_path("gateway.networking.k8s.io/v1", "HTTPRoute", namespace)
-    try:
-        return await runtime.applier.request("GET", f"{path}/{route}")
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
+async def _http_routes(runtime: Runtime, md: ModelDeploymentObject) -> list[dict[str, Any]]:
+    """The HTTPRoutes this reconciliation must see (no index: a GET by name each).
+
+    The route `spec.traffic` names, whoever made it (roost applies its fields to it), and the
+    one roost applied before (`status.httpRoute`) when the spec no longer names it — but only
+    if this ModelDeployment owns it, so the planner prunes roost's routes and never a user's.
+    """
+    named = ((md.spec.get("traffic") or {}).get("httpRoute") or {}).get("name")
+    previous = md.status.get("httpRoute")
+    path = collection_path("gateway.networking.k8s.io/v1", "HTTPRoute", md.namespace)
+    found = []
+    for name in dict.fromkeys(n for n in (named, previous) if isinstance(n, str) and n):
+        try:
+            route: dict[str, Any] = await runtime.applier.request("GET", f"{path}/{name}")
+        except ApiException as e:
+            if e.status == 404:  # not there (or the Gateway API CRDs are not installed)
+                continue
+            raise
+        owners = route["metadata"].get("ownerReferences") or []
+        if name == named or any(o.get("uid") == md.uid for o in owners):
+            found.append(route)
+    return found
 
 
 async def reconcile(
@@ -284,8 +295,7 @@ async def reconcile(
         annotations=dict(meta.annotations),
     )
     observed = _observed(md.uid, child_indexes, key)
-    route = await _http_route(runtime, namespace, md.spec)
-    if route is not None:
+    for route in await _http_routes(runtime, md):
         observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
     pods = list(_values(pods_index, key))
     now = datetime.now(UTC)

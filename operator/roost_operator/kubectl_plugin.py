@@ -93,7 +93,9 @@ def render_status(md: Mapping[str, Any]) -> str:
     if canary.get("revision"):
         step = canary.get("step")
         step_text = "-" if step is None else f"{int(step) + 1}/{len(steps)}"
-        if canary.get("stepStartedAt"):
+        if canary.get("promotion"):
+            step_text = "promoting at full scale"
+        elif canary.get("stepStartedAt"):
             step_text += f" since {canary['stepStartedAt']}"
         revisions.append(
             [
@@ -272,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     helps = {
         "status": "revisions, weights, conditions and the last analysis",
         "history": "past rollouts and their outcomes",
-        "promote": "promote the canary now, skipping the remaining steps",
+        "promote": "skip the remaining steps and gates: promote once at full scale",
         "abort": "roll the canary back now",
         "retry": "roll out the failed revision again",
         "pause": "freeze the rollout where it is (spec.paused=true)",

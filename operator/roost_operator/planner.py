@@ -401,6 +401,8 @@ def plan(
         k: v for k, v in md.status.items() if k not in ("stable", "canary", "failedRevision")
     }
     status.update(new.to_status())
+    # Remembered so that a route the spec stops naming is still found, and pruned.
+    status["httpRoute"] = spec.http_route.name if spec.http_route is not None else None
     status["observedGeneration"] = md.generation
     status["replicas"] = sum(p.total for p in summary.values())
     status["readyReplicas"] = sum(p.ready for p in summary.values())

@@ -124,6 +124,11 @@ class Rollout:
         log = self.op.log()[-4000:]
         return f"status: {status}\npods:\n{pods}\noperator log tail:\n{log}"
 
+    def events(self) -> list[Obj]:
+        """The namespace's events about `wine`."""
+        path = api_path("v1", "events", self.namespace)
+        return list(self.api.get(path, fieldSelector="involvedObject.name=wine")["items"])
+
     def deployments(self) -> list[str]:
         items = self.api.get(
             api_path("apps/v1", "deployments", self.namespace),
@@ -377,6 +382,10 @@ def test_kubectl_roost_promote_and_abort(rollout: Rollout, kubeconfig: Path) -> 
         assert st["stable"]["revision"] == v2
         assert st["history"][-1]["reason"] == "promoted by user"
         assert "promote" in st["handledRequests"]
+        # The request starts the full-scale phase (its replica arithmetic is unit-tested);
+        # both steps show as events on the ModelDeployment.
+        reasons = {e["reason"] for e in rollout.events()}
+        assert {"PromotionRequested", "CanaryPromoted"} <= reasons, reasons
         rollout.wait(lambda: rollout.deployments() == [f"wine-{v2}"], "the old stable removed")
 
         rollout.apply("wine-shifted", long_pause, gates)
@@ -466,3 +475,23 @@ def test_http_route_weights_follow_steps(kube: client.ApiClient, rollout: Rollou
     # The weights were also the canary's Services: one per revision as backends.
     service = rollout.api.get(api_path("v1", "services", rollout.namespace, new))
     assert service["spec"]["selector"]["roost.dev/revision"] == canary
+    assert rollout.status()["httpRoute"] == "wine"
+    # Taking spec.traffic away prunes what roost made for it: the route and the revision
+    # Services; the same revision keeps serving (traffic never makes a new revision).
+    rollout.apply("wine-v2", steps, gates)
+    rollout.wait(lambda: _route_weights(rollout) is None, "the HTTPRoute pruned")
+    rollout.wait(
+        lambda: (
+            not rollout.api.get(
+                api_path("v1", "services", rollout.namespace), labelSelector="roost.dev/revision"
+            )["items"]
+        ),
+        "the revision Services pruned",
+    )
+    st = rollout.wait(
+        lambda: rollout.status() if "httpRoute" not in rollout.status() else None,
+        "status.httpRoute cleared",
+    )
+    assert st["stable"]["revision"] == canary
+    assert not st.get("canary")
+    assert rollout.deployments() == [new]

@@ -147,10 +147,12 @@ def needs_analysis(policy: RolloutPolicy, state: RolloutState, obs: Observations
 
     The planner builds `obs` without an analysis, asks this, runs the analysis if True and calls
     `decide` with it. No analysis while paused, when the canary is about to be superseded, is
-    failing, or a promote/abort request is about to end it.
+    failing, being promoted on request, or a promote/abort request is about to end it.
     """
     c = state.canary
     if c is None or obs.paused or obs.canary_failure or c.revision != obs.desired.revision:
+        return False
+    if c.promotion is not None:
         return False
     if {"promote", "abort"} & _fresh_requests(state, obs).keys():
         return False
@@ -278,7 +280,7 @@ def decide(policy: RolloutPolicy, state: RolloutState, obs: Observations) -> Dec
             t.emit("Normal", "RequestIgnored", "Abort requested, but no canary is running")
     if "promote" in fresh:
         if state.canary is not None:
-            state = t.promote(state, "promoted by user")
+            state = _promotion_requested(t, state)
         else:
             t.emit("Normal", "RequestIgnored", "Promote requested, but no canary is running")
     if "retry" in fresh:
@@ -317,6 +319,8 @@ def _paused(t: _Tick, state: RolloutState) -> Decision:
     """`spec.paused`: everything stays where it is; only the replica count follows the total."""
     c, desired, stable = state.canary, t.obs.desired, state.stable
     assert stable is not None
+    if c is not None and c.promotion is not None and c.revision == desired.revision:
+        return _scale_up_then_promote(t, state)  # asked for by a person: not held by the pause
     if c is not None:
         ready = canary_ready(t.policy, state, t.obs)
         message = f"{at_step(t.policy, c)}: paused (spec.paused is true)"
@@ -399,6 +403,8 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
 
     if not started and obs.canary_failure:
         return t.roll_back(state, "RolledBack", f"canary pods failing: {obs.canary_failure}")
+    if c.promotion is not None:
+        return _scale_up_then_promote(t, state)
     if not started and obs.analysis is not None:
         state = _record(t, state, obs.analysis)
         c = state.canary
@@ -445,22 +451,38 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
     return _running(t, state)
 
 
+def _promotion_requested(t: _Tick, state: RolloutState) -> RolloutState:
+    """`kubectl roost promote`: skip the remaining steps and gates, promote once at full scale."""
+    c = state.canary
+    assert c is not None
+    if c.promotion is None:
+        t.emit(
+            "Normal",
+            "PromotionRequested",
+            f"Promotion of {c.revision} requested: remaining steps and gates skipped; it is "
+            "promoted once it runs at full scale",
+        )
+        state = replace(state, canary=replace(c, promotion="promoted by user"))
+    return state
+
+
 def _scale_up_then_promote(t: _Tick, state: RolloutState) -> Decision:
-    """The last step passed: bring the canary to full scale, then promote it.
+    """The last step passed (or a person asked): bring the canary to full scale, promote it.
 
     Promotion removes the old stable Deployment, so the canary first grows to the total replica
-    count next to the stable revision (which keeps its last-step share, and the route its last
+    count next to the stable revision (which keeps its current share, and the route its current
     weight); only when all of its pods are ready does it become the stable revision. Serving
-    capacity never dips below the total, and the gates keep judging while it scales.
+    capacity never dips below the total. After the last step the gates keep judging while it
+    scales; a requested promotion (`CanaryState.promotion`) skips them.
     """
     policy, obs = t.policy, t.obs
     c = state.canary
     assert c is not None
-    passed = f"passed all {len(policy.steps)} steps"
+    passed = c.promotion or f"passed all {len(policy.steps)} steps"
     total = max(obs.total_replicas, 0)
     if t.ready_pods >= max(1, total):
         return t.steady(t.promote(state, passed))
-    stable, _, weight = t.replicas(c, True)
+    stable, _, weight = t.replicas(c, t.ready_pods > 0)
     message = (
         f"{at_step(policy, c)}: {passed}; scaling the canary to full scale before promotion "
         f"({t.ready_pods}/{total} ready)"

@@ -147,6 +147,12 @@ class CanaryState:
     analysis_count: int
     last_analysis: dict[str, Any] | None
     """`AnalysisResult.to_status()` of the latest analysis."""
+    promotion: str | None = None
+    """Set by a promote request: the reason it will be promoted with once at full scale.
+
+    From then on steps and gates no longer apply; the canary grows to the total replica count
+    next to the stable revision and is promoted when all of its pods are ready.
+    """
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,7 @@ class RolloutState:
                 consecutive_failures=max(_int(c, "consecutiveFailures"), 0),
                 analysis_count=max(_int(c, "analysisCount"), 0),
                 last_analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
+                promotion=_text(c, "promotion") or None,
             )
         history = []
         for h in status.get("history") or []:
@@ -247,6 +254,7 @@ class RolloutState:
                 "consecutiveFailures": c.consecutive_failures,
                 "analysisCount": c.analysis_count,
                 "lastAnalysis": dict(c.last_analysis) if c.last_analysis is not None else None,
+                "promotion": c.promotion,
             }
             if c
             else None,

@@ -125,6 +125,36 @@ class TestFirstRevision:
         assert again.events == ()
         assert again.delete == ()
 
+    def test_status_patch_reads_nested_nulls_as_the_server_stores_them(self) -> None:
+        stored = {"canary": {"revision": "r2", "step": 1}}
+        # The planner writes null members (they delete stale ones); the server drops them.
+        new = {"canary": {"revision": "r2", "step": 1, "promotion": None, "lastAnalysis": None}}
+        assert status_patch(stored, new) == {}
+        stale = {"canary": {"revision": "r2", "step": 1, "promotion": "promoted by user"}}
+        assert status_patch(stale, new) == new
+        assert status_patch(stored, {}) == {"canary": None}
+
+
+class TestTrafficRoute:
+    ROUTE = {"httpRoute": {"name": "wine-route", "parentRefs": [{"name": "gw"}]}}
+
+    def test_route_and_revision_services_are_pruned_when_the_spec_drops_them(self) -> None:
+        spec = {"model": V1, "replicas": 2, "traffic": self.ROUTE}
+        plan, rev = settle(spec, 2)
+        assert ("HTTPRoute", "wine-route") in kinds(plan)
+        assert ("Service", f"wine-{rev}") in kinds(plan)
+        assert plan.status["httpRoute"] == "wine-route"
+        plain = {"model": V1, "replicas": 2}
+        pods = [pod(rev, 0), pod(rev, 1)]
+        later = planner.plan(md(plain, plan.status), observed_of(plan), pods, None, NOW, IMAGE)
+        assert later.status["stable"]["revision"] == rev  # traffic is not part of a revision
+        assert {(k.kind, k.name) for k in later.delete} == {
+            ("HTTPRoute", "wine-route"),
+            ("Service", f"wine-{rev}"),
+        }
+        assert later.status["httpRoute"] is None
+        assert status_patch(plan.status, later.status)["httpRoute"] is None
+
 
 class TestScaling:
     def test_scale_keeps_the_revision(self) -> None:

@@ -146,6 +146,13 @@ def test_status_mid_rollout() -> None:
     assert gates["drift"] == ["drift", "-", "0.25", "inconclusive"]
 
 
+def test_status_of_a_canary_promoted_on_request() -> None:
+    md = {**MID_ROLLOUT, "status": dict(MID_ROLLOUT["status"])}
+    md["status"]["canary"] = {**md["status"]["canary"], "promotion": "promoted by user"}
+    row = next(line for line in render_status(md).splitlines() if line.startswith("a1b2"))
+    assert row.split()[:7] == ["a1b2c3d4e5", "canary", "50%", "2", "promoting", "at", "full"]
+
+
 def test_status_steady_with_failed_revision() -> None:
     md = {
         "metadata": {"name": "iris", "namespace": "default", "generation": 2},

@@ -501,13 +501,61 @@ class TestPaused:
 
 
 class TestManualRequests:
-    def test_promote_request_promotes_now(self) -> None:
+    def test_promote_request_skips_steps_and_gates_then_promotes_at_full_scale(self) -> None:
         r = running()
-        d = r.tick(5, canary_ready=1, requests={"promote": "2026-03-01T12:00:05Z"})
+        token = {"promote": "2026-03-01T12:00:05Z"}
+        d = r.tick(5, canary_ready=1, requests=token)
+        assert reasons(d) == ["PromotionRequested"]
+        assert d.state.canary is not None
+        assert d.state.canary.promotion == "promoted by user"
+        assert d.state.handled_requests == token
+        # Step 1 keeps its split and weight while the canary grows next to the stable revision.
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (3, 4, 20)
+        assert d.progressing is not None
+        assert "promoted by user; scaling the canary to full scale" in d.progressing[1]
+        # Gates no longer judge it: the planner is asked for no analysis.
+        assert not needs_analysis(POLICY, r.state, r.obs(15, canary_ready=3, requests=token))
+        d = r.tick(15, canary_ready=3, requests=token)
+        assert d.state.canary is not None
+        assert d.events == ()
+        assert d.canary_replicas == 4
+        d = r.tick(20, canary_ready=4, requests=token)
         assert d.state.stable == V2
-        assert d.state.history[-1].reason == "promoted by user"
-        assert d.state.handled_requests == {"promote": "2026-03-01T12:00:05Z"}
+        assert d.state.canary is None
+        assert (d.state.history[-1].outcome, d.state.history[-1].reason) == (
+            "Promoted",
+            "promoted by user",
+        )
         assert (d.stable_replicas, d.canary_replicas) == (4, 0)
+
+    def test_promote_request_of_an_unready_canary_sends_it_no_traffic(self) -> None:
+        r = Rollout()
+        r.tick(0)
+        d = r.tick(2, canary_ready=0, requests={"promote": "t"})
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (4, 4, 0)
+
+    def test_requested_promotion_goes_on_while_paused(self) -> None:
+        r = running()
+        r.tick(5, canary_ready=1, requests={"promote": "t"})
+        d = r.tick(10, paused=True, canary_ready=2, requests={"promote": "t"})
+        assert d.canary_replicas == 4
+        d = r.tick(12, paused=True, canary_ready=4, requests={"promote": "t"})
+        assert d.state.stable == V2
+
+    def test_requested_promotion_still_rolls_back_failing_pods(self) -> None:
+        r = running()
+        r.tick(5, canary_ready=1, requests={"promote": "t"})
+        d = r.tick(10, canary_ready=1, failure="CrashLoopBackOff", requests={"promote": "t"})
+        assert d.state.canary is None
+        assert d.state.failed_revision == V2.revision
+
+    def test_a_newer_revision_supersedes_a_requested_promotion(self) -> None:
+        r = running()
+        r.tick(5, canary_ready=1, requests={"promote": "t"})
+        d = r.tick(10, V3, canary_ready=1, requests={"promote": "t"})
+        assert reasons(d) == ["CanarySuperseded", "CanaryStarted"]
+        assert d.state.canary is not None
+        assert (d.state.canary.revision, d.state.canary.promotion) == (V3.revision, None)
 
     def test_abort_request_rolls_back(self) -> None:
         r = running()
@@ -548,6 +596,9 @@ class TestManualRequests:
         d = r.tick(10, requests={"promote": "old"})
         assert d.state.canary is not None  # started, not promoted
         d = r.tick(20, requests={"promote": "new"})
+        assert d.state.canary is not None
+        assert d.state.canary.promotion == "promoted by user"
+        d = r.tick(25, canary_ready=4, requests={"promote": "new"})
         assert d.state.stable == V2
 
     def test_requests_act_while_paused(self) -> None:
