@@ -15,6 +15,7 @@ from roost_operator.rollout.messages import (
 )
 from roost_operator.rollout.state import (
     HISTORY_LIMIT,
+    PROMOTED_BY_USER,
     CanaryState,
     HistoryEntry,
     Outcome,
@@ -152,7 +153,7 @@ def needs_analysis(policy: RolloutPolicy, state: RolloutState, obs: Observations
     c = state.canary
     if c is None or obs.paused or obs.canary_failure or c.revision != obs.desired.revision:
         return False
-    if c.promotion is not None:
+    if c.promotion == PROMOTED_BY_USER:
         return False
     if {"promote", "abort"} & _fresh_requests(state, obs).keys():
         return False
@@ -319,8 +320,12 @@ def _paused(t: _Tick, state: RolloutState) -> Decision:
     """`spec.paused`: everything stays where it is; only the replica count follows the total."""
     c, desired, stable = state.canary, t.obs.desired, state.stable
     assert stable is not None
-    if c is not None and c.promotion is not None and c.revision == desired.revision:
+    if c is not None and c.promotion == PROMOTED_BY_USER and c.revision == desired.revision:
         return _scale_up_then_promote(t, state)  # asked for by a person: not held by the pause
+    if c is not None and c.promotion is not None:
+        # Held at full scale next to the stable revision; promoted once the pause is lifted.
+        message = f"{at_step(t.policy, c)}: {c.promotion}; paused before promotion"
+        return t.decision(state, _growing(t, c), ("Paused", message))
     if c is not None:
         ready = canary_ready(t.policy, state, t.obs)
         message = f"{at_step(t.policy, c)}: paused (spec.paused is true)"
@@ -403,7 +408,7 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
 
     if not started and obs.canary_failure:
         return t.roll_back(state, "RolledBack", f"canary pods failing: {obs.canary_failure}")
-    if c.promotion is not None:
+    if c.promotion == PROMOTED_BY_USER:
         return _scale_up_then_promote(t, state)
     if not started and obs.analysis is not None:
         state = _record(t, state, obs.analysis)
@@ -421,6 +426,8 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
 
     c = state.canary
     assert c is not None
+    if c.promotion is not None:
+        return _scale_up_then_promote(t, state)  # the last step passed: no way back to a step
     if started:
         t.ready_pods = 0
     ready = t.ready_pods >= max(1, canary_target_replicas(policy, c, obs.total_replicas))
@@ -430,7 +437,8 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
     pause_over = obs.now >= c.step_started_at + timedelta(seconds=policy.pause_seconds(c.step))
     if ready and pause_over and _step_passed(policy, c):
         if c.step + 1 >= len(policy.steps):
-            return _scale_up_then_promote(t, state)
+            c = replace(c, promotion=f"passed all {len(policy.steps)} steps")
+            return _scale_up_then_promote(t, replace(state, canary=c))
         passed = (
             f": {describe_analysis(c.last_analysis, 0, policy.failure_limit)}"
             if policy.analysis_enabled and c.last_analysis
@@ -462,34 +470,41 @@ def _promotion_requested(t: _Tick, state: RolloutState) -> RolloutState:
             f"Promotion of {c.revision} requested: remaining steps and gates skipped; it is "
             "promoted once it runs at full scale",
         )
-        state = replace(state, canary=replace(c, promotion="promoted by user"))
+        state = replace(state, canary=replace(c, promotion=PROMOTED_BY_USER))
     return state
+
+
+def _growing(t: _Tick, c: CanaryState) -> tuple[int, int, int]:
+    """(stable, canary, route weight) while a canary grows to full scale before promotion.
+
+    The stable revision keeps its current share and the route its current weight (none while
+    no canary pod is ready); the canary runs at the total replica count.
+    """
+    stable, _, weight = t.replicas(c, t.ready_pods > 0)
+    return stable, max(t.obs.total_replicas, 0), weight
 
 
 def _scale_up_then_promote(t: _Tick, state: RolloutState) -> Decision:
     """The last step passed (or a person asked): bring the canary to full scale, promote it.
 
     Promotion removes the old stable Deployment, so the canary first grows to the total replica
-    count next to the stable revision (which keeps its current share, and the route its current
-    weight); only when all of its pods are ready does it become the stable revision. Serving
-    capacity never dips below the total. After the last step the gates keep judging while it
-    scales; a requested promotion (`CanaryState.promotion`) skips them.
+    count next to the stable revision (see `_growing`); only when all of its pods are ready does
+    it become the stable revision. Serving capacity never dips below the total. After the last
+    step the gates keep judging while it grows (`_advance` records their analyses; a failure
+    limit still rolls back, an inconclusive or single failing analysis does not send it back to
+    a step); a requested promotion skips them.
     """
-    policy, obs = t.policy, t.obs
     c = state.canary
     assert c is not None
-    passed = c.promotion or f"passed all {len(policy.steps)} steps"
-    total = max(obs.total_replicas, 0)
+    reason = c.promotion or f"passed all {len(t.policy.steps)} steps"
+    total = max(t.obs.total_replicas, 0)
     if t.ready_pods >= max(1, total):
-        return t.steady(t.promote(state, passed))
-    stable, _, weight = t.replicas(c, t.ready_pods > 0)
+        return t.steady(t.promote(state, reason))
     message = (
-        f"{at_step(policy, c)}: {passed}; scaling the canary to full scale before promotion "
+        f"{at_step(t.policy, c)}: {reason}; scaling the canary to full scale before promotion "
         f"({t.ready_pods}/{total} ready)"
     )
-    return t.decision(
-        state, (stable, total, weight), ("CanaryProgressing", message), READINESS_POLL_SECONDS
-    )
+    return t.decision(state, _growing(t, c), ("CanaryProgressing", message), READINESS_POLL_SECONDS)
 
 
 def _running(t: _Tick, state: RolloutState) -> Decision:

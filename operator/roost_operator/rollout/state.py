@@ -148,11 +148,17 @@ class CanaryState:
     last_analysis: dict[str, Any] | None
     """`AnalysisResult.to_status()` of the latest analysis."""
     promotion: str | None = None
-    """Set by a promote request: the reason it will be promoted with once at full scale.
+    """The reason it will be promoted with, set when it starts growing to full scale.
 
-    From then on steps and gates no longer apply; the canary grows to the total replica count
-    next to the stable revision and is promoted when all of its pods are ready.
+    Either its last step passed (the gates keep judging while it grows) or a person asked
+    (`PROMOTED_BY_USER`: steps and gates no longer apply). From then on the canary runs at the
+    total replica count next to the stable revision and is promoted when all of its pods are
+    ready; it never goes back to a step.
     """
+
+
+PROMOTED_BY_USER = "promoted by user"
+"""`CanaryState.promotion` of a promote request (`kubectl roost promote`)."""
 
 
 @dataclass(frozen=True)

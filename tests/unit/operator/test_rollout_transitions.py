@@ -352,6 +352,34 @@ class TestAnalysis:
         assert d.progressing is None
         assert d.stalled is None
 
+    def test_scaling_up_never_goes_back_to_the_step(self) -> None:
+        r = running(step=1)
+        r.tick(40, canary_ready=2, analysis=passed(40))
+        r.tick(61, canary_ready=2, analysis=passed(61))
+        assert r.canary.promotion == "passed all 2 steps"
+        # Slow pods: an inconclusive and then one failing analysis (below the failure limit)
+        # while the canary grows leave it growing, at the last step's weight.
+        d = r.tick(71, canary_ready=3, analysis=too_few(71))
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (2, 4, 50)
+        d = r.tick(81, canary_ready=3, analysis=drifted(81))
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (2, 4, 50)
+        assert reasons(d) == ["AnalysisFailed"]
+        d = r.tick(91, canary_ready=4, analysis=passed(91))
+        assert d.state.stable == V2
+        assert d.state.history[-1].reason == "passed all 2 steps"
+
+    def test_a_pause_holds_the_grown_canary_without_promoting_it(self) -> None:
+        r = running(step=1)
+        r.tick(40, canary_ready=2, analysis=passed(40))
+        r.tick(61, canary_ready=2, analysis=passed(61))
+        d = r.tick(70, paused=True, canary_ready=4)
+        assert d.state.canary is not None
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (2, 4, 50)
+        assert d.progressing is not None
+        assert d.progressing[0] == "Paused"
+        d = r.tick(75, canary_ready=4)
+        assert d.state.stable == V2
+
     def test_failures_while_scaling_up_still_roll_back(self) -> None:
         r = running(step=1)
         r.tick(40, canary_ready=2, analysis=passed(40))
