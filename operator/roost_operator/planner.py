@@ -424,8 +424,19 @@ def plan(
         ready = (True, "ScaledToZero", "spec.replicas is 0")
     elif serving:
         ready = (True, "Serving", f"{ready_total}/{wanted_total} pods ready")
-    elif stalled is not None and stable_pods.ready >= max(decision.stable_replicas, 1):
-        ready = (True, "StableServing", f"stable revision serves {stable_pods.ready} ready pods")
+    elif (
+        stalled is not None
+        and stable_pods.ready > 0
+        and (
+            # Right after a rollback the stable revision grows back to full scale; it still serves.
+            stalled[0] == "CanaryRolledBack" or stable_pods.ready >= decision.stable_replicas
+        )
+    ):
+        ready = (
+            True,
+            "StableServing",
+            f"stable revision serves {stable_pods.ready}/{decision.stable_replicas} ready pods",
+        )
     else:
         ready = (False, "PodsNotReady", f"{ready_total}/{wanted_total} pods ready")
     progressing = decision.progressing

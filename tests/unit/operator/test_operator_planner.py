@@ -281,3 +281,44 @@ class TestCanary:
         assert [p.ip for p in request.canary_pods] == ["127.0.10.9"]
         assert len(request.stable_pods) == 3
         assert request.thresholds.max_error_rate == 0.1
+
+    def test_rollback_keeps_ready_while_the_stable_revision_grows_back(self) -> None:
+        plan, stable_rev = settle(self.spec, 4)
+        new_spec = {**self.spec, "model": V2}
+        canary = planner.plan(
+            md(new_spec, plan.status, generation=2),
+            observed_of(plan),
+            [pod(stable_rev, i) for i in range(4)],
+            None,
+            NOW,
+            IMAGE,
+        )
+        canary_rev = canary.status["canary"]["revision"]
+        observed = {**observed_of(plan), **observed_of(canary)}
+        pods = [*(pod(stable_rev, i) for i in range(3)), pod(canary_rev, 9)]
+        aborted = planner.plan(
+            md(new_spec, canary.status, generation=2, annotations={"roost.dev/abort": "t"}),
+            observed,
+            pods,
+            None,
+            NOW,
+            IMAGE,
+        )
+        assert aborted.status.get("canary") is None
+        assert aborted.scale == ((f"wine-{stable_rev}", 4),)
+        assert condition(aborted, "Stalled")["reason"] == "CanaryRolledBack"
+        # 3 of the 4 stable pods are ready while the fourth starts: it serves, and says so.
+        ready = condition(aborted, "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "StableServing")
+        assert ready["message"] == "stable revision serves 3/4 ready pods"
+        # With no stable pod ready it does not serve.
+        unready = [pod(stable_rev, i, ready=False) for i in range(4)]
+        later = planner.plan(
+            md(new_spec, aborted.status, generation=2, annotations={"roost.dev/abort": "t"}),
+            observed,
+            unready,
+            None,
+            NOW,
+            IMAGE,
+        )
+        assert condition(later, "Ready")["status"] == "False"
