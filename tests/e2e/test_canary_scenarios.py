@@ -494,4 +494,4 @@ def test_http_route_weights_follow_steps(kube: client.ApiClient, rollout: Rollou
     )
     assert st["stable"]["revision"] == canary
     assert not st.get("canary")
-    assert rollout.deployments() == [new]
+    rollout.wait(lambda: rollout.deployments() == [new], "only the promoted Deployment left")

@@ -18,7 +18,7 @@ import pytest
 from crd_install import install_crd
 from e2e.operator_fixtures import OperatorProcess, operator_process
 from kubernetes import client
-from roost_devcluster.kubeapi import KubeApi, api_path
+from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
 from roost_devcluster.waiting import wait_for, wait_gone, wait_pods_ready
 
 __all__ = ["operator_process"]  # the fixture, re-exported so pytest finds it here
@@ -80,6 +80,15 @@ def children(api: KubeApi, ns: str, name: str) -> dict[str, str]:
     return out
 
 
+def _get_or_none(api: KubeApi, path: str) -> dict[str, Any] | None:
+    try:
+        return api.get(path)
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 def test_modeldeployment_lifecycle(
     kube: client.ApiClient,
     kube_api: KubeApi,
@@ -112,9 +121,20 @@ def test_modeldeployment_lifecycle(
     assert env["ROOST_MODEL"] == (example_models["wine-v1"] / "model.onnx").as_uri()
     assert env["ROOST_REVISION"] == rev
     assert env["ROOST_NAME"] == "wine"
-    svc = kube_api.get(api_path("v1", "services", namespace, "wine"))
+    # The operator applies the children one after another: the Deployment can be seen first.
+    svc = wait_for(
+        lambda: _get_or_none(kube_api, api_path("v1", "services", namespace, "wine")),
+        timeout=30,
+        what="the Service",
+    )
     assert svc["spec"]["selector"]["roost.dev/modeldeployment"] == "wine"
-    kube_api.get(api_path("policy/v1", "poddisruptionbudgets", namespace, "wine"))
+    wait_for(
+        lambda: _get_or_none(
+            kube_api, api_path("policy/v1", "poddisruptionbudgets", namespace, "wine")
+        ),
+        timeout=30,
+        what="the PodDisruptionBudget",
+    )
 
     # Real serving pods become Ready, and so does the ModelDeployment.
     wait_pods_ready(kube_api, namespace, selector, 2, timeout=120)
