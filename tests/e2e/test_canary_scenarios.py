@@ -428,12 +428,9 @@ def _install_gateway_crds(kube: client.ApiClient) -> None:
 
 
 def _route_weights(rollout: Rollout) -> tuple[tuple[str, int], ...] | None:
-    try:
-        route = rollout.api.get(ROUTES.format(ns=rollout.namespace))
-    except ApiError as e:
-        if e.status == 404:
-            return None
-        raise
+    route = rollout.api.find(ROUTES.format(ns=rollout.namespace))
+    if route is None:
+        return None
     backends = route["spec"]["rules"][0]["backendRefs"]
     return tuple((b["name"], int(b["weight"])) for b in backends)
 

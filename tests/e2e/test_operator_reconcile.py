@@ -18,7 +18,7 @@ import pytest
 from crd_install import install_crd
 from e2e.operator_fixtures import OperatorProcess, operator_process
 from kubernetes import client
-from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
+from roost_devcluster.kubeapi import KubeApi, api_path
 from roost_devcluster.waiting import wait_for, wait_gone, wait_pods_ready
 
 __all__ = ["operator_process"]  # the fixture, re-exported so pytest finds it here
@@ -80,15 +80,6 @@ def children(api: KubeApi, ns: str, name: str) -> dict[str, str]:
     return out
 
 
-def _get_or_none(api: KubeApi, path: str) -> dict[str, Any] | None:
-    try:
-        return api.get(path)
-    except ApiError as e:
-        if e.status == 404:
-            return None
-        raise
-
-
 def test_modeldeployment_lifecycle(
     kube: client.ApiClient,
     kube_api: KubeApi,
@@ -123,15 +114,13 @@ def test_modeldeployment_lifecycle(
     assert env["ROOST_NAME"] == "wine"
     # The operator applies the children one after another: the Deployment can be seen first.
     svc = wait_for(
-        lambda: _get_or_none(kube_api, api_path("v1", "services", namespace, "wine")),
+        lambda: kube_api.find(api_path("v1", "services", namespace, "wine")),
         timeout=30,
         what="the Service",
     )
     assert svc["spec"]["selector"]["roost.dev/modeldeployment"] == "wine"
     wait_for(
-        lambda: _get_or_none(
-            kube_api, api_path("policy/v1", "poddisruptionbudgets", namespace, "wine")
-        ),
+        lambda: kube_api.find(api_path("policy/v1", "poddisruptionbudgets", namespace, "wine")),
         timeout=30,
         what="the PodDisruptionBudget",
     )

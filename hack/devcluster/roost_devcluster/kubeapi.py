@@ -139,6 +139,15 @@ class KubeApi:
         """GET an object or a list."""
         return self.request("GET", path, params=params)
 
+    def find(self, path: str) -> Obj | None:
+        """GET an object, or None when it does not exist (404)."""
+        try:
+            return self.get(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def create(self, path: str, body: Obj) -> Obj:
         """POST a new object to a collection path."""
         return self.request("POST", path, json=body)

@@ -318,23 +318,13 @@ class PodRunner:
     # -- lookups for podenv ----------------------------------------------------------
     def secret(self, namespace: str, name: str) -> Mapping[str, str] | None:
         """A Secret's decoded data, or None when it does not exist."""
-        try:
-            return decode_secret(self.api.get(api_path("v1", "secrets", namespace, name)))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        secret = self.api.find(api_path("v1", "secrets", namespace, name))
+        return None if secret is None else decode_secret(secret)
 
     def config_map(self, namespace: str, name: str) -> Mapping[str, str] | None:
         """A ConfigMap's data, or None when it does not exist."""
-        try:
-            return dict(
-                self.api.get(api_path("v1", "configmaps", namespace, name)).get("data") or {}
-            )
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        config_map = self.api.find(api_path("v1", "configmaps", namespace, name))
+        return None if config_map is None else dict(config_map.get("data") or {})
 
     def _on_kwok_node(self, pod: Obj) -> bool:
         node = pod.get("spec", {}).get("nodeName")

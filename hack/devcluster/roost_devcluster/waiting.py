@@ -91,13 +91,4 @@ def wait_pods_ready(
 def wait_gone(api: KubeApi, path: str, timeout: float = 60.0) -> None:
     """Wait until GET on an object path answers 404."""
 
-    def gone() -> bool:
-        try:
-            api.get(path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(gone, timeout, f"{path} to be deleted")
+    wait_for(lambda: api.find(path) is None, timeout, f"{path} to be deleted")
