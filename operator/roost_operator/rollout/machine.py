@@ -496,7 +496,8 @@ def _scale_up_then_promote(t: _Tick, state: RolloutState) -> Decision:
     """
     c = state.canary
     assert c is not None
-    reason = c.promotion or f"passed all {len(t.policy.steps)} steps"
+    reason = c.promotion
+    assert reason is not None  # every caller has recorded why it is being promoted
     total = max(t.obs.total_replicas, 0)
     if t.ready_pods >= max(1, total):
         return t.steady(t.promote(state, reason))
