@@ -295,14 +295,20 @@ class TestCanary:
         )
         canary_rev = canary.status["canary"]["revision"]
         observed = {**observed_of(plan), **observed_of(canary)}
-        pods = [*(pod(stable_rev, i) for i in range(3)), pod(canary_rev, 9)]
-        aborted = planner.plan(
-            md(new_spec, canary.status, generation=2, annotations={"roost.dev/abort": "t"}),
-            observed,
-            pods,
-            None,
-            NOW,
-            IMAGE,
+
+        def with_abort(status: dict[str, Any], pods: list[dict[str, Any]]) -> Plan:
+            abort = {"roost.dev/abort": "t"}
+            return planner.plan(
+                md(new_spec, status, generation=2, annotations=abort),
+                observed,
+                pods,
+                None,
+                NOW,
+                IMAGE,
+            )
+
+        aborted = with_abort(
+            canary.status, [*(pod(stable_rev, i) for i in range(3)), pod(canary_rev, 9)]
         )
         assert aborted.status.get("canary") is None
         assert aborted.scale == ((f"wine-{stable_rev}", 4),)
@@ -312,13 +318,5 @@ class TestCanary:
         assert (ready["status"], ready["reason"]) == ("True", "StableServing")
         assert ready["message"] == "stable revision serves 3/4 ready pods"
         # With no stable pod ready it does not serve.
-        unready = [pod(stable_rev, i, ready=False) for i in range(4)]
-        later = planner.plan(
-            md(new_spec, aborted.status, generation=2, annotations={"roost.dev/abort": "t"}),
-            observed,
-            unready,
-            None,
-            NOW,
-            IMAGE,
-        )
+        later = with_abort(aborted.status, [pod(stable_rev, i, ready=False) for i in range(4)])
         assert condition(later, "Ready")["status"] == "False"
