@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,22 +29,8 @@ from roost_operator.gates import (
     weighted_feature_psi,
     window_from_samples,
 )
-
-
-@dataclass(frozen=True)
-class PodTarget:
-    """A serving pod to scrape: its uid tells a replaced pod from the one before it."""
-
-    name: str
-    uid: str
-    ip: str
-    port: int = 8080
-
-    @property
-    def metrics_url(self) -> str:
-        """`http://<podIP>:<port>/metrics`."""
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"http://{host}:{self.port}/metrics"
+from roost_operator.planner import PodTarget
+from roost_operator.spec import AnalysisSpec
 
 
 class AnalysisSource(Protocol):
@@ -306,16 +291,11 @@ class AnalysisSources:
         self.pods = PodsSource(timeout_seconds=pods_timeout_seconds)
         self._prometheus: dict[str, PrometheusSource] = {}
 
-    def for_spec(self, analysis: Mapping[str, Any] | None) -> AnalysisSource:
-        """The source `spec.rollout.analysis` asks for (`pods` when unset)."""
-        analysis = analysis or {}
-        if analysis.get("source", "pods") != "prometheus":
+    def for_spec(self, analysis: AnalysisSpec) -> AnalysisSource:
+        """The source `spec.rollout.analysis` asks for (`spec.parse_spec` checked its URL)."""
+        if analysis.source != "prometheus":
             return self.pods
-        url = str(analysis.get("prometheusUrl") or "")
-        if not url:
-            raise ValueError(
-                "spec.rollout.analysis.prometheusUrl is required when source is prometheus"
-            )
+        url = analysis.prometheus_url
         if url not in self._prometheus:
             self._prometheus[url] = PrometheusSource(url)
         return self._prometheus[url]

@@ -11,14 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from roost_operator.api import API_VERSION, KIND, LABEL_MD, LABEL_REVISION, LABEL_SERVING
 from roost_operator.spec import ModelDeploymentSpec
 
-GROUP = "roost.dev"
-API_VERSION = "roost.dev/v1alpha1"
-KIND = "ModelDeployment"
-LABEL_MD = "roost.dev/modeldeployment"
-LABEL_REVISION = "roost.dev/revision"
-LABEL_SERVING = "roost.dev/serving"
 RUN_AS = 10001  # the serving image's numeric user, so runAsNonRoot can be verified
 SERVICE_PORT = 80
 CONTAINER = "server"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from roost_operator.gates import rfc3339
+from roost_operator.times import rfc3339_seconds
 
 Status = Literal["True", "False", "Unknown"]
 READY = "Ready"
@@ -58,7 +58,7 @@ def merge(
         since = (
             str(old["lastTransitionTime"])
             if old is not None and old.get("status") == c.status and old.get("lastTransitionTime")
-            else rfc3339(now)
+            else rfc3339_seconds(now)
         )
         out.append(
             {

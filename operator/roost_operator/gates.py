@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from roost_serving import drift
+
+from roost_operator.times import rfc3339_seconds
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Labels = tuple[tuple[str, str], ...]
@@ -317,13 +319,6 @@ class GateResult:
         return out
 
 
-def rfc3339(t: datetime) -> str:
-    """RFC 3339 in UTC with second precision, the form Kubernetes writes timestamps in."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class AnalysisResult:
     """The outcome of one analysis of the canary against the stable revision."""
@@ -337,7 +332,7 @@ class AnalysisResult:
     def to_status(self) -> dict[str, Any]:
         """`status.canary.lastAnalysis` as in the contract."""
         return {
-            "time": rfc3339(self.time),
+            "time": rfc3339_seconds(self.time),
             "verdict": self.verdict,
             "message": self.message,
             "canaryRequests": self.canary_requests,

@@ -25,14 +25,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from roost_operator import planner
-from roost_operator.analysis import AnalysisSources, PodTarget
+from roost_operator.analysis import AnalysisSources
+from roost_operator.api import GROUP, LABEL_MD, PLURAL, VERSION
 from roost_operator.applier import Applier, collection_path
-from roost_operator.builders import LABEL_MD
 from roost_operator.metrics import OperatorMetrics, new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
-from roost_operator.spec import SpecError, parse_spec
 
-GROUP, VERSION, PLURAL = "roost.dev", "v1alpha1", "modeldeployments"
 RESYNC_SECONDS = 300.0
 # Pod and Deployment events come in bursts (a rollout touches several at once): one
 # reconciliation after a short quiet period does the work of many.
@@ -216,17 +214,6 @@ async def modeldeployment_changed(
     _wake(memo, namespace, name)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def validate(spec: kopf.Spec, **_: Any) -> None:
-    """Refuse a spec that cannot be served; the daemon reports it as Stalled/InvalidSpec."""
-    try:
-        parse_spec(dict(spec))
-    except SpecError as e:
-        raise kopf.PermanentError(str(e)) from e
-
-
 def _values(index: kopf.Index[ChildIndexKey, dict[str, Any]], key: ChildIndexKey) -> Iterable[Any]:
     return index.get(key, [])
 
@@ -303,16 +290,16 @@ async def reconcile(
     analysis = None
     request = planner.analysis_request(md, pods, now, image)
     if request is not None:
-        source = runtime.sources.for_spec(request.source)
+        source = runtime.sources.for_spec(request.analysis)
         analysis = await source.analyse(
             namespace=namespace,
             name=name,
             canary_revision=request.canary_revision,
             stable_revision=request.stable_revision,
-            canary_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.canary_pods],
-            stable_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.stable_pods],
-            window_seconds=request.window_seconds,
-            thresholds=request.thresholds,
+            canary_pods=request.canary_pods,
+            stable_pods=request.stable_pods,
+            window_seconds=request.analysis.interval_seconds,
+            thresholds=request.analysis.thresholds,
             now=now,
         )
         runtime.metrics.observe_analysis(namespace, name, analysis)

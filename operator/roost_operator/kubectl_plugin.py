@@ -23,16 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-GROUP = "roost.dev"
-VERSION = "v1alpha1"
-PLURAL = "modeldeployments"
-REQUESTS = ("promote", "abort", "retry")
+from roost_operator.api import GROUP, PLURAL, REQUEST_KINDS, VERSION
+from roost_operator.times import parse_time, utc
 
 
 def request_token(now: datetime | None = None) -> str:
     """A fresh RFC 3339 token; microseconds keep two requests in one second distinct."""
-    now = now or datetime.now(UTC)
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -161,16 +158,12 @@ def render_status(md: Mapping[str, Any]) -> str:
 def _duration(start: str | None, end: str | None) -> str | None:
     if not start or not end:
         return None
-    try:
-        seconds = (_parse_time(end) - _parse_time(start)).total_seconds()
-    except ValueError:
+    began, ended = parse_time(start), parse_time(end)
+    if began is None or ended is None:
         return None
+    seconds = (ended - began).total_seconds()
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def render_history(md: Mapping[str, Any]) -> str:
@@ -342,7 +335,7 @@ def run(argv: Sequence[str] | None = None) -> str:
         return out
     if args.command == "watch":
         return _watch(kube, name, args.record, args.interval, args.duration)
-    if args.command in REQUESTS:
+    if args.command in REQUEST_KINDS:
         token = request_token()
         kube.merge_patch(name, {"metadata": {"annotations": {f"roost.dev/{args.command}": token}}})
         return f'{args.command} requested for modeldeployment "{name}" (token {token})'

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the operator until SIGINT/SIGTERM."""
     cfg, verbose = parse_args(argv)
     kopf.configure(verbose=verbose)
-    assert handlers.GROUP  # the import registers the handlers with kopf's default registry
+    assert handlers.reconcile_loop  # the import registers the handlers with kopf's default registry
     kopf.run(
         standalone=True,
         clusterwide=not cfg.namespaces,

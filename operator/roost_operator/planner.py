@@ -16,19 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from roost_operator import builders, conditions, rollout
-from roost_operator.builders import LABEL_MD, LABEL_REVISION, Manifest, Owner
-from roost_operator.gates import AnalysisResult, GateThresholds
+from roost_operator.api import LABEL_REVISION, REQUEST_KINDS, REQUEST_PREFIX
+from roost_operator.builders import Manifest, Owner
+from roost_operator.gates import AnalysisResult
 from roost_operator.revision import compute_revision
-from roost_operator.spec import ModelDeploymentSpec, SpecError, parse_spec
+from roost_operator.rollout import Event
+from roost_operator.spec import AnalysisSpec, ModelDeploymentSpec, SpecError, parse_spec
 
-REQUEST_ANNOTATIONS = {
-    "promote": "roost.dev/promote",
-    "abort": "roost.dev/abort",
-    "retry": "roost.dev/retry",
-}
 # Waiting reasons that mean the pod will not become ready by itself.
 FAILING_REASONS = {
     "CrashLoopBackOff",
@@ -66,13 +63,19 @@ class ChildKey:
 
 
 @dataclass(frozen=True)
-class PodRef:
-    """A ready serving pod: what the pods analysis source scrapes."""
+class PodTarget:
+    """A ready serving pod to scrape: its uid tells a replaced pod from the one before it."""
 
     name: str
     uid: str
     ip: str
-    port: int
+    port: int = 8080
+
+    @property
+    def metrics_url(self) -> str:
+        """`http://<podIP>:<port>/metrics`."""
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}/metrics"
 
 
 @dataclass(frozen=True)
@@ -81,17 +84,8 @@ class RevisionPods:
 
     total: int = 0
     ready: int = 0
-    ready_pods: tuple[PodRef, ...] = ()
+    ready_pods: tuple[PodTarget, ...] = ()
     failure: str | None = None
-
-
-@dataclass(frozen=True)
-class PlannedEvent:
-    """An event to post on the ModelDeployment."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -103,10 +97,9 @@ class Plan:
     """(Deployment name, replicas) of revisions no longer built from the spec."""
     delete: tuple[ChildKey, ...] = ()
     status: dict[str, Any] = field(default_factory=dict)
-    events: tuple[PlannedEvent, ...] = ()
+    events: tuple[Event, ...] = ()
     requeue_after: float | None = None
     spec_error: str | None = None
-    weight: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,37 +108,10 @@ class AnalysisRequest:
 
     canary_revision: str
     stable_revision: str
-    canary_pods: tuple[PodRef, ...]
-    stable_pods: tuple[PodRef, ...]
-    window_seconds: float
-    thresholds: GateThresholds
-    source: Mapping[str, Any]
-
-
-def policy_of(spec: ModelDeploymentSpec) -> rollout.RolloutPolicy:
-    """The rollout policy `rollout.decide` works with."""
-    return rollout.RolloutPolicy(
-        steps=tuple(
-            rollout.Step(weight=s.weight, pause_seconds=s.pause_seconds) for s in spec.steps
-        ),
-        interval_seconds=spec.analysis.interval_seconds,
-        failure_limit=spec.analysis.failure_limit,
-        analysis_enabled=_gates_configured(spec),
-    )
-
-
-def _gates_configured(spec: ModelDeploymentSpec) -> bool:
-    t = spec.analysis.thresholds
-    return any(
-        v is not None
-        for v in (
-            t.max_error_rate,
-            t.max_p99_seconds,
-            t.max_p99_ratio,
-            t.max_psi,
-            t.max_js_distance,
-        )
-    )
+    canary_pods: tuple[PodTarget, ...]
+    stable_pods: tuple[PodTarget, ...]
+    analysis: AnalysisSpec
+    """`spec.rollout.analysis`: the source, the window (its interval) and the thresholds."""
 
 
 def _termination_reason(message: str) -> str:
@@ -197,7 +163,7 @@ def summarise_pods(pods: Sequence[Mapping[str, Any]], port: int) -> dict[str, Re
     for rev, members in grouped.items():
         ready = [p for p in members if _pod_ready(p)]
         refs = tuple(
-            PodRef(
+            PodTarget(
                 name=str(p["metadata"]["name"]),
                 uid=str(p["metadata"].get("uid", "")),
                 ip=str(p["status"]["podIP"]),
@@ -224,7 +190,8 @@ def _container_port(pod: Mapping[str, Any], default: int) -> int:
 
 def requests_of(annotations: Mapping[str, str]) -> dict[str, str]:
     """Manual request tokens (`roost.dev/promote|abort|retry` annotations) by request name."""
-    return {k: str(annotations[a]) for k, a in REQUEST_ANNOTATIONS.items() if annotations.get(a)}
+    keys = {kind: REQUEST_PREFIX + kind for kind in REQUEST_KINDS}
+    return {kind: str(annotations[a]) for kind, a in keys.items() if annotations.get(a)}
 
 
 def _observations(
@@ -260,7 +227,6 @@ class _Prepared:
     revision: str
     summary: dict[str, RevisionPods]
     state: rollout.RolloutState
-    policy: rollout.RolloutPolicy
     obs: rollout.Observations
 
 
@@ -275,7 +241,7 @@ def _prepare(
     state = rollout.RolloutState.from_status(md.status)
     desired = rollout.RevisionRef(revision=revision, model_uri=spec.model.uri)
     obs = _observations(md, spec, desired, state, summary, None, now)
-    return _Prepared(spec, image, revision, summary, state, policy_of(spec), obs)
+    return _Prepared(spec, image, revision, summary, state, obs)
 
 
 def analysis_request(
@@ -288,7 +254,7 @@ def analysis_request(
         return None
     if p.state.canary is None or p.state.stable is None:
         return None
-    if not rollout.needs_analysis(p.policy, p.state, p.obs):
+    if not rollout.needs_analysis(p.spec.rollout, p.state, p.obs):
         return None
     canary = p.summary.get(p.state.canary.revision, RevisionPods())
     stable = p.summary.get(p.state.stable.revision, RevisionPods())
@@ -297,9 +263,7 @@ def analysis_request(
         stable_revision=p.state.stable.revision,
         canary_pods=canary.ready_pods,
         stable_pods=stable.ready_pods,
-        window_seconds=p.spec.analysis.interval_seconds,
-        thresholds=p.spec.analysis.thresholds,
-        source=p.spec.analysis.source_spec(),
+        analysis=p.spec.rollout.analysis,
     )
 
 
@@ -310,9 +274,9 @@ def _invalid(md: ModelDeploymentObject, message: str, now: datetime) -> Plan:
     wanted = conditions.kstatus((False, "InvalidSpec", message), None, ("InvalidSpec", message))
     status["observedGeneration"] = md.generation
     status["conditions"] = conditions.merge(previous, wanted, md.generation, now)
-    events: tuple[PlannedEvent, ...] = ()
+    events: tuple[Event, ...] = ()
     if not _same_condition(previous, conditions.STALLED, "InvalidSpec", message):
-        events = (PlannedEvent("Warning", "InvalidSpec", message),)
+        events = (Event("Warning", "InvalidSpec", message),)
     return Plan(status=status, events=events, spec_error=message)
 
 
@@ -388,7 +352,7 @@ def plan(
         return _invalid(md, str(e), now)
     spec, image, revision, summary = p.spec, p.image, p.revision, p.summary
     owner = Owner(md.name, md.namespace, md.uid)
-    decision = rollout.decide(p.policy, p.state, replace(p.obs, analysis=analysis))
+    decision = rollout.decide(p.spec.rollout, p.state, replace(p.obs, analysis=analysis))
     apply, scale, delete = _children(owner, spec, revision, image, decision, observed)
 
     new = decision.state
@@ -446,15 +410,15 @@ def plan(
     previous = md.status.get("conditions")
     status["conditions"] = conditions.merge(previous, wanted, md.generation, now)
 
-    events = [PlannedEvent(e.type, e.reason, e.message) for e in decision.events]
+    events = [Event(e.type, e.reason, e.message) for e in decision.events]
     if (
         stalled
         and not _same_condition(previous, conditions.STALLED, *stalled)
         and not any(e.reason == stalled[0] for e in events)
     ):
-        events.append(PlannedEvent("Warning", stalled[0], stalled[1]))
+        events.append(Event("Warning", stalled[0], stalled[1]))
     if ready[0] and not conditions.is_true(previous, conditions.READY):
-        events.append(PlannedEvent("Normal", "Ready", ready[2]))
+        events.append(Event("Normal", "Ready", ready[2]))
 
     requeue = decision.requeue_after
     if progressing is not None and decision.progressing is None:
@@ -466,10 +430,4 @@ def plan(
         status=status,
         events=tuple(events),
         requeue_after=requeue,
-        weight=decision.weight if new.canary else 0,
     )
-
-
-def owned_by(labels: Mapping[str, str] | None, name: str) -> bool:
-    """Whether an object with these labels is a child of ModelDeployment `name`."""
-    return (labels or {}).get(LABEL_MD) == name

@@ -7,11 +7,13 @@ and slow to import.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from roost_operator.times import parse_time, utc
 
 # Marker and colour per outcome; the colours read on white and in greyscale alike.
 OUTCOME_STYLE: dict[str, tuple[str, str]] = {
@@ -22,18 +24,22 @@ OUTCOME_STYLE: dict[str, tuple[str, str]] = {
 }
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+def time_axis(ax: Any) -> None:
+    """Tick labels that tell the ticks apart over any span, seconds to months.
+
+    A fixed ``%m-%d %H:%M`` labels every tick of a two-minute rollout alike; matplotlib's
+    concise formatter picks the finest unit that differs and puts the date in the offset.
+    """
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
 
 
 def _utc(t: datetime) -> datetime:
     # numpy's datetime64 takes naive datetimes only; the history is in UTC.
-    return t.astimezone(UTC).replace(tzinfo=None)
+    return utc(t).replace(tzinfo=None)
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") -> None:
@@ -44,7 +50,6 @@ def plot_history(history: Sequence[Mapping[str, Any]], out: Path, *, title: str 
         raise RuntimeError("plotting needs matplotlib: pip install 'roost[plot]'") from e
     # A file backend: the plugin runs in terminals without a display.
     matplotlib.use("Agg")
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     revisions: list[str] = []
@@ -56,7 +61,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], out: Path, *, title: str 
     try:
         seen: set[str] = set()
         for entry in history:
-            start, end = _time(entry.get("startedAt")), _time(entry.get("finishedAt"))
+            start, end = parse_time(entry.get("startedAt")), parse_time(entry.get("finishedAt"))
             if end is None:
                 continue
             y = revisions.index(str(entry.get("revision", "?")))
@@ -77,14 +82,12 @@ def plot_history(history: Sequence[Mapping[str, Any]], out: Path, *, title: str 
             seen.add(outcome)
         ax.set_yticks(range(len(revisions)), revisions)
         ax.set_ylim(-0.7, max(len(revisions), 1) - 0.3)
-        formatter = mdates.DateFormatter("%m-%d %H:%M")  # type: ignore[no-untyped-call]
-        ax.xaxis.set_major_formatter(formatter)
+        time_axis(ax)
         ax.set_xlabel("time (UTC)")
         ax.set_title(f"roost rollouts: {title}" if title else "roost rollouts")
         ax.grid(axis="x", alpha=0.3)
         if seen:
             ax.legend(loc="upper left", fontsize="small", frameon=False)
-        fig.autofmt_xdate()
         fig.tight_layout()
         fig.savefig(out, dpi=120)
     finally:

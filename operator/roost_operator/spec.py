@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from roost_operator import times
 from roost_operator.gates import GateThresholds
 
 # Names the operator sets itself; a user value would silently break the pod (a wrong host,
@@ -33,7 +34,6 @@ RESERVED_ENV = {
     "POD_NAMESPACE": "the downward API",
 }
 SCHEMES = ("file", "http", "https", "s3", "gs")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,19 +43,10 @@ class SpecError(ValueError):
 
 def parse_duration(value: Any, where: str) -> float:
     """Seconds in a Go-style duration such as ``30s``, ``2m``, ``1h30m`` or ``500ms``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        number, unit = float(match.group(1)), match.group(2)
-        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise SpecError(f"{where} must be a duration such as 30s, 2m or 1h30m, got {value!r}")
-    return total
+    try:
+        return times.parse_duration(value, where)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def _int(value: Any, where: str, default: int, minimum: int = 0) -> int:
@@ -109,8 +100,8 @@ class AutoscalingSpec:
 
 
 @dataclass(frozen=True)
-class StepSpec:
-    """One canary step: the canary's traffic weight, held for `pause_seconds`."""
+class Step:
+    """One canary step: the traffic weight (1..100) held for at least `pause_seconds`."""
 
     weight: int
     pause_seconds: float
@@ -126,9 +117,53 @@ class AnalysisSpec:
     failure_limit: int = 2
     thresholds: GateThresholds = field(default_factory=GateThresholds)
 
-    def source_spec(self) -> dict[str, Any]:
-        """The dict `analysis.AnalysisSources.for_spec` takes."""
-        return {"source": self.source, "prometheusUrl": self.prometheus_url}
+    @property
+    def enabled(self) -> bool:
+        """Whether any gate is configured: a step then also needs a passing analysis to end."""
+        t = self.thresholds
+        limits = (
+            t.max_error_rate,
+            t.max_p99_seconds,
+            t.max_p99_ratio,
+            t.max_psi,
+            t.max_js_distance,
+        )
+        return any(v is not None for v in limits)
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """`spec.rollout`: the canary steps and the analysis that judges them (`rollout.decide`)."""
+
+    steps: tuple[Step, ...] = ()
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @property
+    def interval_seconds(self) -> float:
+        """Time between analyses (and the window each one looks at)."""
+        return self.analysis.interval_seconds
+
+    @property
+    def failure_limit(self) -> int:
+        """Failing analyses in a row that roll the canary back."""
+        return self.analysis.failure_limit
+
+    @property
+    def analysis_enabled(self) -> bool:
+        """Whether gates are configured: a step then also needs a passing analysis to end."""
+        return self.analysis.enabled
+
+    def full_scale(self, step: int) -> bool:
+        """Past the last step: full scale next to the stable revision, promoted once ready."""
+        return step >= len(self.steps)
+
+    def weight(self, step: int) -> int:
+        """Canary traffic weight of a step (100 past the last one)."""
+        return self.steps[step].weight if step < len(self.steps) else 100
+
+    def pause_seconds(self, step: int) -> float:
+        """How long a step holds once its pods are ready (0 past the last one)."""
+        return self.steps[step].pause_seconds if step < len(self.steps) else 0.0
 
 
 @dataclass(frozen=True)
@@ -150,8 +185,7 @@ class ModelDeploymentSpec:
     limits: tuple[tuple[str, str], ...] = ()
     server: ServerSpec = ServerSpec()
     autoscaling: AutoscalingSpec | None = None
-    steps: tuple[StepSpec, ...] = ()
-    analysis: AnalysisSpec = AnalysisSpec()
+    rollout: RolloutPolicy = RolloutPolicy()
     http_route: HTTPRouteSpec | None = None
     paused: bool = False
 
@@ -219,8 +253,8 @@ def _autoscaling(raw: Mapping[str, Any] | None) -> AutoscalingSpec | None:
     )
 
 
-def _steps(raw: Any) -> tuple[StepSpec, ...]:
-    steps: list[StepSpec] = []
+def _steps(raw: Any) -> tuple[Step, ...]:
+    steps: list[Step] = []
     for i, item in enumerate(raw or []):
         weight = _int(item.get("weight"), f"spec.rollout.steps[{i}].weight", 0, 1)
         if weight > 100:
@@ -229,7 +263,7 @@ def _steps(raw: Any) -> tuple[StepSpec, ...]:
             raise SpecError("spec.rollout.steps weights must be strictly increasing")
         pause = item.get("pause")
         seconds = parse_duration(pause, f"spec.rollout.steps[{i}].pause") if pause else 0.0
-        steps.append(StepSpec(weight=weight, pause_seconds=seconds))
+        steps.append(Step(weight=weight, pause_seconds=seconds))
     return tuple(steps)
 
 
@@ -292,8 +326,10 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         limits=_quantities(resources.get("limits"), "spec.resources.limits"),
         server=_server(raw.get("server") or {}),
         autoscaling=_autoscaling(raw.get("autoscaling")),
-        steps=_steps(rollout.get("steps")),
-        analysis=_analysis(rollout.get("analysis") or {}),
+        rollout=RolloutPolicy(
+            steps=_steps(rollout.get("steps")),
+            analysis=_analysis(rollout.get("analysis") or {}),
+        ),
         http_route=_http_route(raw.get("traffic")),
         paused=bool(raw.get("paused", False)),
     )

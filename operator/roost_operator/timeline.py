@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from roost_operator.times import parse_time
+
 # Gate name (roost_operator.gates) -> (panel title, unit scale, unit label).
 PANELS: tuple[tuple[str, str, float, str], ...] = (
     ("errorRate", "canary error rate", 100.0, "%"),
@@ -102,7 +104,10 @@ def outcomes(samples: Sequence[Mapping[str, Any]]) -> list[tuple[datetime, str, 
 
 
 def _when(s: Mapping[str, Any]) -> datetime:
-    return datetime.fromisoformat(str(s["time"]))
+    t = parse_time(s["time"])
+    if t is None:
+        raise ValueError(f"a recorded sample has no RFC 3339 time: {s['time']!r}")
+    return t
 
 
 def append(path: Path, s: Mapping[str, Any]) -> None:

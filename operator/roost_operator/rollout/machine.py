@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from roost_operator.api import REQUEST_KINDS, REQUEST_PREFIX
 from roost_operator.rollout.messages import (
     at_step,
     describe_analysis,
@@ -20,10 +21,10 @@ from roost_operator.rollout.state import (
     HistoryEntry,
     Outcome,
     RevisionRef,
-    RolloutPolicy,
     RolloutState,
-    parse_time,
 )
+from roost_operator.spec import RolloutPolicy
+from roost_operator.times import parse_time
 
 if TYPE_CHECKING:
     from roost_operator.gates import AnalysisResult
@@ -32,9 +33,6 @@ READINESS_POLL_SECONDS = 5.0
 """Requeue while waiting for pods: pod events usually come first, this bounds a missed one."""
 MIN_REQUEUE_SECONDS = 1.0
 """Smallest requeue, so a due-but-skipped analysis cannot turn into a hot loop."""
-REQUEST_KINDS = ("abort", "promote", "retry")
-"""Manual requests, in the order they are acted on when several arrive at once."""
-REQUEST_PREFIX = "roost.dev/"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from roost_operator.rollout.state import CanaryState, RolloutPolicy
+from roost_operator.rollout.state import CanaryState
+from roost_operator.spec import RolloutPolicy
 
 
 def _num(v: float) -> str:

@@ -1,4 +1,4 @@
-"""The persisted rollout state and the rollout policy, as frozen dataclasses.
+"""The persisted rollout state, as frozen dataclasses (the policy is `spec.RolloutPolicy`).
 
 `RolloutState.from_status` / `to_status` round-trip exactly (times as RFC 3339 ``...Z``), so an
 operator restarted at any moment decides the same as the one before it.
@@ -6,121 +6,17 @@ operator restarted at any moment decides the same as the one before it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
+
+from roost_operator.times import format_time, parse_time
 
 HISTORY_LIMIT = 10
 """`status.history` keeps the last this many rollouts."""
 
 Outcome = Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
-
-# --- durations and times -----------------------------------------------------------------
-
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration such as ``30s``, ``1m30s``, ``500ms`` or ``1h``."""
-    s = text.strip()
-    if s == "0":
-        return 0.0
-    if not re.fullmatch(f"(?:{_DURATION_PART})+", s):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 2m, 1h30m or 500ms")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in re.findall(_DURATION_PART, s))
-
-
-def format_time(t: datetime) -> str:
-    """RFC 3339 in UTC (``...Z``); fractions only when present, so parsing gives `t` back."""
-    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if t.microsecond else "%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 string as an aware UTC datetime; None when missing or malformed."""
-    if not isinstance(value, str):
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One canary step: the traffic weight (1..100) held for at least `pause_seconds`."""
-
-    weight: int
-    pause_seconds: float
-
-
-@dataclass(frozen=True)
-class RolloutPolicy:
-    """`spec.rollout` as the state machine needs it (gate thresholds live in `gates`)."""
-
-    steps: tuple[Step, ...]
-    interval_seconds: float
-    failure_limit: int
-    analysis_enabled: bool = True
-    """Whether gates are configured: a step then also needs a passing analysis to end."""
-
-    def full_scale(self, step: int) -> bool:
-        """Past the last step: full scale next to the stable revision, promoted once ready."""
-        return step >= len(self.steps)
-
-    def weight(self, step: int) -> int:
-        """Canary traffic weight of a step (100 past the last one)."""
-        return self.steps[step].weight if step < len(self.steps) else 100
-
-    def pause_seconds(self, step: int) -> float:
-        """How long a step holds once its pods are ready (0 past the last one)."""
-        return self.steps[step].pause_seconds if step < len(self.steps) else 0.0
-
-
-def _duration(value: Any, where: str, default: str) -> float:
-    if value is None:
-        value = default
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{where} must be a duration such as 30s, got {value!r}")
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
-def policy_from_spec(rollout_spec: Mapping[str, Any] | None) -> RolloutPolicy:
-    """Build the policy from the contract's `spec.rollout` (schema defaults may be missing)."""
-    rollout_spec = rollout_spec or {}
-    steps = []
-    for i, raw in enumerate(rollout_spec.get("steps") or []):
-        weight = raw.get("weight") if isinstance(raw, Mapping) else None
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 100:
-            raise ValueError(f"spec.rollout.steps[{i}].weight must be 1..100, got {weight!r}")
-        pause = _duration(raw.get("pause"), f"spec.rollout.steps[{i}].pause", "0s")
-        steps.append(Step(weight=weight, pause_seconds=pause))
-    analysis = rollout_spec.get("analysis") or {}
-    interval = _duration(analysis.get("interval"), "spec.rollout.analysis.interval", "10s")
-    if interval <= 0:
-        raise ValueError("spec.rollout.analysis.interval must be longer than 0s")
-    limit = analysis.get("failureLimit", 2)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"spec.rollout.analysis.failureLimit must be 1 or more, got {limit!r}")
-    gates = analysis.get("gates") or {}
-    return RolloutPolicy(
-        steps=tuple(steps),
-        interval_seconds=interval,
-        failure_limit=limit,
-        analysis_enabled=any(isinstance(g, Mapping) and g for g in gates.values()),
-    )
-
-
-# --- persisted state -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

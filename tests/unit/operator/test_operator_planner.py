@@ -280,7 +280,7 @@ class TestCanary:
         assert request.canary_revision == canary_rev
         assert [p.ip for p in request.canary_pods] == ["127.0.10.9"]
         assert len(request.stable_pods) == 3
-        assert request.thresholds.max_error_rate == 0.1
+        assert request.analysis.thresholds.max_error_rate == 0.1
 
     def test_rollback_keeps_ready_while_the_stable_revision_grows_back(self) -> None:
         plan, stable_rev = settle(self.spec, 4)

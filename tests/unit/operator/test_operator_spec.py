@@ -19,9 +19,9 @@ class TestParseSpec:
         assert s.replicas == 1
         assert s.server.port == 8080
         assert s.server.max_batch_size == 32
-        assert s.analysis.interval_seconds == 10
-        assert s.analysis.failure_limit == 2
-        assert s.steps == ()
+        assert s.rollout.analysis.interval_seconds == 10
+        assert s.rollout.analysis.failure_limit == 2
+        assert s.rollout.steps == ()
         assert s.autoscaling is None
 
     def test_steps_and_gates(self) -> None:
@@ -34,9 +34,9 @@ class TestParseSpec:
                 },
             }
         )
-        assert [(st.weight, st.pause_seconds) for st in s.steps] == [(20, 30.0), (50, 90.0)]
-        assert s.analysis.thresholds.max_error_rate == 0.05
-        assert s.analysis.interval_seconds == 5
+        assert [(st.weight, st.pause_seconds) for st in s.rollout.steps] == [(20, 30.0), (50, 90.0)]
+        assert s.rollout.analysis.thresholds.max_error_rate == 0.05
+        assert s.rollout.analysis.interval_seconds == 5
 
     @pytest.mark.parametrize(
         ("raw", "message"),

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policies import rollout_policy
 from roost_operator.gates import AnalysisResult, GateResult, Verdict
 from roost_operator.rollout import (
     HISTORY_LIMIT,
@@ -24,17 +25,14 @@ from roost_operator.rollout import (
     HistoryEntry,
     Observations,
     RevisionRef,
-    RolloutPolicy,
     RolloutState,
-    Step,
     decide,
     describe_gate,
-    format_time,
     needs_analysis,
-    parse_duration,
-    policy_from_spec,
     replica_split,
 )
+from roost_operator.spec import RolloutPolicy, SpecError, Step, parse_spec
+from roost_operator.times import format_time, parse_duration
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "crds" / "modeldeployment.yaml"
 REVISIONS = [RevisionRef(c * 10, f"file:///models/{c}/model.onnx") for c in "123"]
@@ -102,12 +100,12 @@ states = st.builds(
 @st.composite
 def policies(draw: st.DrawFn) -> RolloutPolicy:
     weights = sorted(draw(st.sets(st.integers(1, 100), max_size=4)))
-    steps = tuple(Step(w, draw(st.sampled_from([0.0, 10.0, 30.0, 90.0]))) for w in weights)
-    return RolloutPolicy(
-        steps=steps,
+    steps = [(w, draw(st.sampled_from([0.0, 10.0, 30.0, 90.0]))) for w in weights]
+    return rollout_policy(
+        steps,
         interval_seconds=draw(st.sampled_from([1.0, 10.0, 30.0])),
         failure_limit=draw(st.integers(1, 3)),
-        analysis_enabled=draw(st.booleans()),
+        gated=draw(st.booleans()),
     )
 
 
@@ -386,41 +384,48 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "30", "s", "1d", "-1s", "1m 30s", "1y"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="invalid duration"):
+    with pytest.raises(ValueError, match="must be a duration such as 30s"):
         parse_duration(text)
 
 
+def _rollout(raw: dict[str, Any]) -> RolloutPolicy:
+    return parse_spec({"model": {"uri": "file:///m/model.onnx"}, "rollout": raw}).rollout
+
+
 def test_policy_from_the_contract_example() -> None:
-    spec = {
-        "steps": [{"weight": 20, "pause": "30s"}, {"weight": 50, "pause": "1m"}],
-        "analysis": {"interval": "10s", "failureLimit": 3, "gates": {"drift": {"maxPSI": 0.25}}},
-    }
-    assert policy_from_spec(spec) == RolloutPolicy(
-        steps=(Step(20, 30.0), Step(50, 60.0)),
-        interval_seconds=10.0,
-        failure_limit=3,
-        analysis_enabled=True,
+    p = _rollout(
+        {
+            "steps": [{"weight": 20, "pause": "30s"}, {"weight": 50, "pause": "1m"}],
+            "analysis": {
+                "interval": "10s",
+                "failureLimit": 3,
+                "gates": {"drift": {"maxPSI": 0.25}},
+            },
+        }
     )
+    assert p.steps == (Step(20, 30.0), Step(50, 60.0))
+    assert (p.interval_seconds, p.failure_limit, p.analysis_enabled) == (10.0, 3, True)
 
 
 def test_policy_defaults_without_steps_or_gates() -> None:
-    p = policy_from_spec({"steps": [{"weight": 10}], "analysis": {"minRequests": 5}})
-    assert p == RolloutPolicy((Step(10, 0.0),), 10.0, 2, analysis_enabled=False)
-    assert policy_from_spec(None).steps == ()
+    p = _rollout({"steps": [{"weight": 10}], "analysis": {"minRequests": 5}})
+    assert p.steps == (Step(10, 0.0),)
+    assert (p.interval_seconds, p.failure_limit, p.analysis_enabled) == (10.0, 2, False)
+    assert _rollout({}).steps == ()
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"steps": [{"weight": 0}]}, r"steps\[0\]\.weight must be 1\.\.100"),
-        ({"steps": [{"weight": 10, "pause": "soon"}]}, r"steps\[0\]\.pause: invalid duration"),
-        ({"analysis": {"interval": "0s"}}, "interval must be longer than 0s"),
-        ({"analysis": {"failureLimit": 0}}, "failureLimit must be 1 or more"),
+        ({"steps": [{"weight": 0}]}, r"steps\[0\]\.weight must be at least 1"),
+        ({"steps": [{"weight": 10, "pause": "soon"}]}, r"steps\[0\]\.pause must be a duration"),
+        ({"analysis": {"interval": "0s"}}, "interval must be longer than zero"),
+        ({"analysis": {"failureLimit": 0}}, "failureLimit must be at least 1"),
     ],
 )
 def test_policy_errors_name_the_field(spec: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        policy_from_spec(spec)
+    with pytest.raises(SpecError, match=message):
+        _rollout(spec)
 
 
 # --- what people read -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from policies import rollout_policy
 from roost_operator.gates import AnalysisResult, GateResult
 from roost_operator.rollout import (
     HISTORY_LIMIT,
@@ -19,22 +20,19 @@ from roost_operator.rollout import (
     Decision,
     Observations,
     RevisionRef,
-    RolloutPolicy,
     RolloutState,
-    Step,
     analysis_due,
     canary_ready,
     decide,
     needs_analysis,
 )
+from roost_operator.spec import RolloutPolicy
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 V1 = RevisionRef("1111111111", "file:///models/v1/model.onnx")
 V2 = RevisionRef("2222222222", "file:///models/v2/model.onnx")
 V3 = RevisionRef("3333333333", "file:///models/v3/model.onnx")
-POLICY = RolloutPolicy(
-    steps=(Step(20, 30.0), Step(50, 30.0)), interval_seconds=10.0, failure_limit=2
-)
+POLICY = rollout_policy([(20, 30.0), (50, 30.0)], interval_seconds=10.0, failure_limit=2)
 EMPTY = RolloutState(
     stable=None, canary=None, failed_revision=None, history=(), handled_requests={}
 )
@@ -316,7 +314,7 @@ class TestAnalysis:
         assert r.state.failed_revision is None
 
     def test_failure_limit_one_rolls_back_at_the_first_failure(self) -> None:
-        r = Rollout(replace(POLICY, failure_limit=1))
+        r = Rollout(rollout_policy(failure_limit=1))
         r.tick(0, canary_ready=1)
         d = r.tick(0, canary_ready=1, analysis=drifted(0))
         assert d.state.history[-1].reason == "gate drift failed (PSI 0.91 > 0.25)"
@@ -391,7 +389,7 @@ class TestAnalysis:
         assert (d.stable_replicas, d.canary_replicas) == (4, 0)
 
     def test_without_gates_the_pause_alone_ends_a_step(self) -> None:
-        r = Rollout(replace(POLICY, analysis_enabled=False))
+        r = Rollout(rollout_policy(gated=False))
         r.tick(0, canary_ready=1)
         assert not needs_analysis(r.policy, r.state, r.obs(100, canary_ready=1))
         d = r.tick(29, canary_ready=1)
@@ -476,7 +474,7 @@ class TestSpecChanges:
 
 
 class TestNoStepsReplace:
-    policy = RolloutPolicy(steps=(), interval_seconds=10.0, failure_limit=2)
+    policy = rollout_policy([])
 
     def test_new_revision_runs_alongside_then_replaces(self) -> None:
         r = Rollout(self.policy)
