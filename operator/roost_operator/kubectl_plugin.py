@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from roost_operator.api import GROUP, PLURAL, REQUEST_KINDS, VERSION
+from roost_operator.timeline import get_path as _get
 from roost_operator.times import parse_time, utc
 
 
@@ -49,15 +50,6 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _get(obj: Mapping[str, Any], *path: str) -> Any:
-    node: Any = obj
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
 
 
 def render_status(md: Mapping[str, Any]) -> str:
@@ -256,13 +248,27 @@ class Client:
             raise PluginError(f"API error {e.status}: {message}") from e
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-n", "--namespace", default=default, help="namespace (default: the context's)"
+    )
+    parser.add_argument(
+        "--kubeconfig", default=default, help="kubeconfig file (default: $KUBECONFIG or ~/.kube)"
+    )
+    parser.add_argument(
+        "--context", default=default, help="kubeconfig context (default: the current one)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl roost", description="Look at and steer roost ModelDeployment rollouts."
     )
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    _global_options(parser, None)
+    # kubectl users put -n anywhere (`kubectl roost status wine -n demo`): every subcommand
+    # takes the global options too; SUPPRESS keeps a value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "status": "revisions, weights, conditions and the last analysis",
@@ -275,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         "watch": "record the rollout timeline (weights, gate values) to a file",
     }
     for command, text in helps.items():
-        p = sub.add_parser(command, help=text, description=text)
+        p = sub.add_parser(command, help=text, description=text, parents=[common])
         p.add_argument("name", metavar="NAME", help="ModelDeployment name")
         if command == "history":
             p.add_argument("--plot", metavar="OUT.png", type=Path, help="also draw a timeline")

@@ -25,16 +25,18 @@ OUTCOME_STYLE: dict[str, tuple[str, str]] = {
 
 
 def time_axis(ax: Any) -> None:
-    """Tick labels that tell the ticks apart over any span, seconds to months.
+    """Tick labels that tell the ticks apart over the axis' span, seconds to months.
 
-    A fixed ``%m-%d %H:%M`` labels every tick of a two-minute rollout alike; matplotlib's
-    concise formatter picks the finest unit that differs and puts the date in the offset.
+    A fixed ``%m-%d %H:%M`` labels every tick of a two-minute rollout alike, so the format
+    follows the span: seconds under an hour, minutes under two days, the date beyond.
     """
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)  # type: ignore[no-untyped-call]
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    low, high = ax.get_xlim()
+    span_days = abs(high - low)  # matplotlib's date unit is the day
+    fmt = "%H:%M:%S" if span_days < 1 / 24 else "%H:%M" if span_days < 2 else "%m-%d %H:%M"
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=8))  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt))  # type: ignore[no-untyped-call]
 
 
 def _utc(t: datetime) -> datetime:

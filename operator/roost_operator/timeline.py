@@ -32,7 +32,8 @@ PANELS: tuple[tuple[str, str, float, str], ...] = (
 OUTCOME_COLOURS = {"Promoted": "#2a9d4b", "RolledBack": "#d62728", "Aborted": "#ff7f0e"}
 
 
-def _get(obj: Mapping[str, Any], *path: str) -> Any:
+def get_path(obj: Mapping[str, Any], *path: str) -> Any:
+    """`obj[path[0]][path[1]]...`, or None where a step is missing or not a mapping."""
     cur: Any = obj
     for key in path:
         if not isinstance(cur, Mapping):
@@ -59,7 +60,7 @@ def sample(
     }
     return {
         "time": now.astimezone(UTC).isoformat(),
-        "stable": _get(status, "stable", "revision"),
+        "stable": get_path(status, "stable", "revision"),
         "canary": canary.get("revision"),
         "weight": int(canary.get("weight") or 0),
         "step": canary.get("step"),

@@ -229,3 +229,46 @@ def test_plot_history_writes_a_png(tmp_path: Path) -> None:
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 5000  # a drawn figure, not an empty canvas
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-n", "roost-demo", "status", "wine"],
+        ["status", "wine", "-n", "roost-demo"],
+        ["status", "-n", "roost-demo", "wine"],
+        ["--namespace=roost-demo", "history", "wine"],
+        ["history", "wine", "--namespace", "roost-demo", "--context", "dev"],
+    ],
+)
+def test_namespace_goes_anywhere_on_the_command_line(argv: list[str]) -> None:
+    """The demo's closing hint `kubectl roost status wine -n roost-demo` must parse."""
+    args = _parser().parse_args(argv)
+    assert (args.name, args.namespace) == ("wine", "roost-demo")
+
+
+def test_options_default_to_none_when_not_given() -> None:
+    args = _parser().parse_args(["status", "wine"])
+    assert (args.namespace, args.kubeconfig, args.context) == (None, None, None)
+
+
+def test_plot_ticks_tell_apart_a_two_minute_span() -> None:
+    """Over a short rollout every tick used to read `12-01 06:30`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from roost_operator.plot import time_axis
+
+    start = np.datetime64("2026-12-01T06:30:05")
+    fig, ax = plt.subplots()
+    try:
+        ax.plot(np.array([start, start + np.timedelta64(120, "s")]), [0, 1])
+        time_axis(ax)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    finally:
+        plt.close(fig)
+    assert len(labels) >= 3
+    assert len(set(labels)) == len(labels), labels
