@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from metrics_pods import ServingPod
+from roost_devcluster.net import free_port
 from roost_operator.analysis import PrometheusSource
 from roost_operator.gates import AnalysisResult, GateThresholds
 
@@ -31,13 +31,6 @@ THRESHOLDS = GateThresholds(
     max_psi=0.25,
     max_js_distance=0.3,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -71,7 +64,7 @@ def prometheus_url(pods: tuple[ServingPod, ServingPod], tmp_path: Path) -> Itera
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -160,7 +153,7 @@ async def test_prometheus_source_judges_the_canary(
 
 
 async def test_unreachable_prometheus_is_inconclusive() -> None:
-    source = PrometheusSource(f"http://127.0.0.1:{_free_port()}", timeout_seconds=2)
+    source = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
     try:
         result = await _analyse(source, THRESHOLDS)
     finally:

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import ssl
 import sys
 import time
@@ -27,6 +26,7 @@ import yaml
 
 from roost_devcluster import kwokstages, pki, procs
 from roost_devcluster.kubeapi import ApiError, KubeApi, api_path, kubeconfig_document
+from roost_devcluster.net import free_port
 from roost_devcluster.paths import REPO_ROOT, Layout, binary_dirs, find_binary
 
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -79,13 +79,6 @@ def locked(layout: Layout) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _b64(path: Path) -> str:

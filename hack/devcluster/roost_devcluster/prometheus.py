@@ -14,7 +14,6 @@ intervals default to 2 s so tests see data quickly.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import yaml
 
 from roost_devcluster import procs
 from roost_devcluster.kubeapi import KubeApi
+from roost_devcluster.net import free_port
 from roost_devcluster.paths import Layout
 from roost_devcluster.sdbridge import SdBridge
 
@@ -112,12 +112,6 @@ class Prometheus:
         return list(resp.json()["data"]["activeTargets"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_prometheus(layout: Layout, interval: str = "2s") -> Iterator[Prometheus]:
     """Start Prometheus for the cluster of ``layout``; stopped and its data removed on exit."""
@@ -129,7 +123,7 @@ def run_prometheus(layout: Layout, interval: str = "2s") -> Iterator[Prometheus]
     api = KubeApi.from_kubeconfig(layout.kubeconfig)
     bridge = SdBridge(api).start()
     config.write_text(yaml.safe_dump(scrape_config(layout, bridge.url, interval), sort_keys=False))
-    port = _free_port()
+    port = free_port()
     log = work / "prometheus.log"
     proc = procs.spawn(
         "prometheus",

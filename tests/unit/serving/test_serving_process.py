@@ -14,14 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from roost_devcluster.net import free_port
 
 ROW = b'{"inputs":[{"name":"X","datatype":"FP32","shape":[1,5],"data":[0.5,-1,0.25,2,0]}]}'
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -67,7 +62,7 @@ def _fails_with(proc: subprocess.Popen[str], fragment: str) -> None:
 def test_missing_model_exits_1_with_the_reason(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    proc = _start({}, "--model", str(tmp_path / "nope.onnx"), "--port", str(_free_port()))
+    proc = _start({}, "--model", str(tmp_path / "nope.onnx"), "--port", str(free_port()))
     processes.append(proc)
     _fails_with(proc, "no such file")
 
@@ -76,7 +71,7 @@ def test_sha256_mismatch_refuses_to_start(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
     env = {"ROOST_MODEL": str(serving_models["forest"]), "ROOST_SHA256": "0" * 64}
-    proc = _start(env, "--port", str(_free_port()))
+    proc = _start(env, "--port", str(free_port()))
     processes.append(proc)
     _fails_with(proc, "was pinned")
 
@@ -86,7 +81,7 @@ def test_a_pickle_is_never_loaded(tmp_path: Path, processes: list[subprocess.Pop
     # A pickle that would create a file if it were ever unpickled.
     payload = pickle.dumps(_Exploit(str(marker)))
     (tmp_path / "model.onnx").write_bytes(payload)
-    proc = _start({}, "--model", str(tmp_path / "model.onnx"), "--port", str(_free_port()))
+    proc = _start({}, "--model", str(tmp_path / "model.onnx"), "--port", str(free_port()))
     processes.append(proc)
     _fails_with(proc, "is not a loadable ONNX model")
     assert not marker.exists()
@@ -111,7 +106,7 @@ def test_bad_option_exits_2(processes: list[subprocess.Popen[str]]) -> None:
 def test_sigterm_drains_finishes_in_flight_and_exits_0(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         "ROOST_MODEL": f"file://{serving_models['forest']}",
