@@ -8,6 +8,8 @@ Session-scoped:
   and container logs are copied to ``<basetemp>/devcluster-logs`` first. A failed start is
   retried once with fresh ports; if that fails too the session FAILS with the reason and the
   component log tails: e2e tests are never skipped.
+- ``apiserver``: etcd + kube-apiserver alone (no controllers), started in seconds, for tests of
+  what the operator sends and skips.
 - ``kubeconfig``: admin kubeconfig path (use with ``kubectl --kubeconfig`` or ``KUBECONFIG``).
 - ``kube``: ``kubernetes.client.ApiClient`` for that kubeconfig.
 - ``kube_api``: ``roost_devcluster.kubeapi.KubeApi`` (raw JSON REST; used by the helpers).
@@ -85,6 +87,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.C
     _keep_logs(layout, basetemp / "devcluster-logs")
     if os.environ.get("ROOST_KEEP_CLUSTER") != "1":
         controlplane.down(layout)
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.Cluster]:
+    """etcd and kube-apiserver alone (seconds to start), for tests of what the operator sends.
+
+    No controller runs: objects are stored and validated, but nothing makes pods, ReplicaSets
+    or ServiceAccounts, and nothing garbage-collects. Separate from ``cluster``.
+    """
+    layout = Layout((tmp_path_factory.getbasetemp() / "apiserver").resolve())
+    try:
+        running = controlplane.up(layout, log=print, api_only=True)
+    except (controlplane.StartError, OSError) as exc:
+        pytest.fail(f"etcd + kube-apiserver did not start: {exc}", pytrace=False)
+    yield running
+    controlplane.down(layout)
 
 
 @pytest.fixture(scope="session")

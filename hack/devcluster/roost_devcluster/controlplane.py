@@ -246,13 +246,23 @@ def status(layout: Layout) -> Cluster | None:
     return cluster
 
 
-def up(layout: Layout, ready_all: bool = False, log: Callable[[str], None] = print) -> Cluster:
-    """Start the cluster (or return the healthy one already running there)."""
+def up(
+    layout: Layout,
+    ready_all: bool = False,
+    log: Callable[[str], None] = print,
+    api_only: bool = False,
+) -> Cluster:
+    """Start the cluster (or return the healthy one already running there).
+
+    `api_only` starts etcd and kube-apiserver alone (a few seconds): objects are stored and
+    validated, but no controller acts on them (no ReplicaSets, pods, garbage collection or
+    ServiceAccounts) — enough for tests of what the operator sends.
+    """
     with locked(layout):
-        return _up(layout, ready_all, log)
+        return _up(layout, ready_all, log, api_only)
 
 
-def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
+def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: bool) -> Cluster:
     running = status(layout)
     if running is not None:
         return running
@@ -261,7 +271,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
     deadline = start + START_TIMEOUT
     dirs = binary_dirs()
     components = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    binaries = {n: find_binary(n, dirs) for n in components}
+    binaries = {n: find_binary(n, dirs) for n in components[: 2 if api_only else None]}
     for d in (layout.root, layout.logs, layout.pods):
         d.mkdir(parents=True, exist_ok=True)
     pki.generate(layout.pki)
@@ -298,6 +308,8 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None]) -> Cluster:
         try:
             _wait("kube-apiserver /readyz", api.healthy, layout, deadline, state.procs)
             log(f"[devcluster] apiserver ready after {time.monotonic() - start:.1f} s")
+            if api_only:
+                return Cluster(layout, state)
             for name in ("kube-controller-manager", "kube-scheduler"):
                 spawn(name, [str(binaries[name]), *_component_args(layout, state.ports, name)])
             spawn(
