@@ -35,6 +35,7 @@ from crd_install import install_crd
 from e2e.operator_fixtures import OperatorProcess, operator_process
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
+from roost_devcluster import modeldeployments as mds
 from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
 from roost_devcluster.prometheus import Prometheus
 from roost_devcluster.traffic import Traffic
@@ -71,25 +72,10 @@ class Rollout:
 
     def apply(self, model: str, steps: list[Obj], gates: Obj, **extra: Any) -> None:
         """Server-side apply `wine` serving `model`; starts the apply-to-verdict clock."""
-        directory = self.models[model]
         analysis = {**ANALYSIS, "gates": gates, **extra.pop("analysis", {})}
-        spec: Obj = {
-            "model": {
-                "uri": (directory / "model.onnx").as_uri(),
-                "profileUri": (directory / "profile.json").as_uri(),
-            },
-            "replicas": 2,
-            "rollout": {"steps": steps, "analysis": analysis},
-            **extra,
-        }
-        body = {
-            "apiVersion": "roost.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "wine", "namespace": self.namespace},
-            "spec": spec,
-        }
+        body = mds.manifest(self.namespace, self.models[model], "wine", 2, steps, analysis, **extra)
         self.started = time.monotonic()
-        self.api.apply(self.path, body, manager="test")
+        mds.apply(self.api, body)
 
     def obj(self) -> Obj:
         return self.api.get(self.path)
@@ -251,6 +237,8 @@ def test_erroring_model_rolled_back_on_error_rate(rollout: Rollout) -> None:
     assert entry["reason"].startswith("gate errorRate failed"), entry
     assert "error rate 100%" in entry["reason"], entry
     rollout.assert_rolled_back(stable, canary, "error rate 100%")
+    assert rollout.op.metric("roost_operator_rollouts_total", {"outcome": "RolledBack"}) == 1
+    assert rollout.op.metric("roost_operator_analysis_total", {"verdict": "fail"}) >= 2
 
 
 def test_shifted_model_rolled_back_on_drift(rollout: Rollout) -> None:
@@ -321,6 +309,7 @@ def test_prometheus_source_promotes_good_model(rollout: Rollout, prometheus: Pro
         st = rollout.verdict("Promoted", "prometheus")
     assert st["stable"]["revision"] == canary
     assert st["history"][-1]["reason"] == "passed all 1 steps"
+    assert rollout.op.metric("roost_operator_rollouts_total", {"outcome": "Promoted"}) == 1
     # The analysis that passed the step (status.canary is gone with the canary; the operator's
     # gauges keep the last analysis): every gate measured a value.
     values = _gate_values(rollout)

@@ -18,14 +18,13 @@ import pytest
 from crd_install import install_crd
 from e2e.operator_fixtures import OperatorProcess, operator_process
 from kubernetes import client
+from roost_devcluster import modeldeployments as mds
 from roost_devcluster.kubeapi import KubeApi, api_path
 from roost_devcluster.waiting import wait_for, wait_gone, wait_pods_ready
 
 __all__ = ["operator_process"]  # the fixture, re-exported so pytest finds it here
 
 pytestmark = pytest.mark.e2e
-
-MD = "/apis/roost.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 
 
 def kubectl(kubeconfig: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -39,29 +38,14 @@ def kubectl(kubeconfig: Path, *args: str, timeout: float = 120) -> subprocess.Co
 
 
 def manifest(namespace: str, name: str, model: Path, replicas: int = 1) -> dict[str, Any]:
-    return {
-        "apiVersion": "roost.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {
-                "uri": (model / "model.onnx").as_uri(),
-                "profileUri": (model / "profile.json").as_uri(),
-            },
-            "replicas": replicas,
-        },
-    }
+    return mds.manifest(namespace, model, name, replicas)
 
 
 def get_md(api: KubeApi, ns: str, name: str) -> dict[str, Any]:
-    return api.get(f"{MD.format(ns=ns)}/{name}")
+    return api.get(mds.path(ns, name))
 
 
-def cond(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == kind:
-            return dict(c)
-    return {}
+cond = mds.condition
 
 
 def children(api: KubeApi, ns: str, name: str) -> dict[str, str]:
@@ -90,9 +74,7 @@ def test_modeldeployment_lifecycle(
 ) -> None:
     install_crd(kube)
     op = operator_process(namespace)
-    kube_api.create(
-        MD.format(ns=namespace), manifest(namespace, "wine", example_models["wine-v1"], 2)
-    )
+    kube_api.create(mds.path(namespace), manifest(namespace, "wine", example_models["wine-v1"], 2))
 
     # Deployment and Service appear with the contract's fields.
     selector = "roost.dev/modeldeployment=wine"
@@ -174,8 +156,8 @@ def test_modeldeployment_lifecycle(
     assert children(kube_api, namespace, "wine") == before
 
     # Deleting the ModelDeployment garbage-collects every child.
-    kube_api.delete(f"{MD.format(ns=namespace)}/wine")
-    wait_gone(kube_api, f"{MD.format(ns=namespace)}/wine", timeout=60)
+    kube_api.delete(f"{mds.path(namespace)}/wine")
+    wait_gone(kube_api, f"{mds.path(namespace)}/wine", timeout=60)
     for path in [
         api_path("apps/v1", "deployments", namespace, f"wine-{rev}"),
         api_path("v1", "services", namespace, "wine"),
@@ -196,7 +178,7 @@ def test_bad_model_uri_stalls_with_the_reason(
     missing = tmp_path / "missing"
     body = manifest(namespace, "broken", missing)
     del body["spec"]["model"]["profileUri"]
-    kube_api.create(MD.format(ns=namespace), body)
+    kube_api.create(mds.path(namespace), body)
 
     def stalled() -> dict[str, Any] | None:
         c = cond(get_md(kube_api, namespace, "broken"), "Stalled")

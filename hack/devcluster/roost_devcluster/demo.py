@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from roost_devcluster import controlplane
+from roost_devcluster import modeldeployments as mds
 from roost_devcluster.kubeapi import ApiError, KubeApi
 from roost_devcluster.paths import REPO_ROOT, Layout, binary_dirs, default_state_dir, find_binary
 from roost_devcluster.prometheus import run_prometheus
 from roost_devcluster.traffic import Traffic
 
-MD_PATH = "/apis/roost.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 DEMO_NAMESPACE = "roost-demo"
 NAME = "wine"
 STAGE_TIMEOUT = 240.0  # seconds one stage may take before the demo calls it failed
@@ -63,52 +63,31 @@ def _models() -> dict[str, Path]:
     return {p.name: p for p in root.iterdir() if (p / "model.onnx").is_file()}
 
 
+DEMO_STEPS = [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}]
+DEMO_ANALYSIS = {
+    "interval": "4s",
+    "minRequests": 20,
+    "failureLimit": 2,
+    "gates": {
+        "errorRate": {"max": 0.05},
+        "latency": {"maxP99Seconds": 0.5},
+        "drift": {"maxPSI": 0.4},
+        "divergence": {"maxJSDistance": 0.3},
+    },
+}
+
+
 def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
     """The demo ModelDeployment: 4 replicas, a two-step canary judged every 4 s."""
-    return {
-        "apiVersion": "roost.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {
-            "model": {
-                "uri": (model_dir / "model.onnx").as_uri(),
-                "profileUri": (model_dir / "profile.json").as_uri(),
-            },
-            "replicas": 4,
-            "rollout": {
-                "steps": [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}],
-                "analysis": {
-                    "interval": "4s",
-                    "minRequests": 20,
-                    "failureLimit": 2,
-                    "gates": {
-                        "errorRate": {"max": 0.05},
-                        "latency": {"maxP99Seconds": 0.5},
-                        "drift": {"maxPSI": 0.4},
-                        "divergence": {"maxJSDistance": 0.3},
-                    },
-                },
-            },
-        },
-    }
+    return mds.manifest(namespace, model_dir, NAME, 4, DEMO_STEPS, DEMO_ANALYSIS)
 
 
 def _apply(api: KubeApi, body: Mapping[str, Any]) -> None:
-    ns = body["metadata"]["namespace"]
-    api.apply(
-        f"{MD_PATH.format(ns=ns)}/{body['metadata']['name']}", dict(body), manager="roost-demo"
-    )
+    mds.apply(api, body, manager="roost-demo")
 
 
 def _get(api: KubeApi, namespace: str) -> dict[str, Any]:
-    return api.get(f"{MD_PATH.format(ns=namespace)}/{NAME}")
-
-
-def _condition(md: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    for c in (md.get("status") or {}).get("conditions") or []:
-        if c.get("type") == kind:
-            return dict(c)
-    return {}
+    return api.get(mds.path(namespace, NAME))
 
 
 def _gate_line(analysis: Mapping[str, Any]) -> str:
@@ -168,7 +147,7 @@ class Watcher:
             if analysis:
                 line += f" | analysis {analysis.get('verdict')}: {_gate_line(analysis)}"
         else:
-            ready = _condition(md, "Ready")
+            ready = mds.condition(md, "Ready")
             stable = (status.get("stable") or {}).get("revision")
             line = f"  stable {stable} Ready={ready.get('status')}"
         if line != self._last_line:
@@ -275,7 +254,7 @@ def run(
         _apply(api, manifest(namespace, models["wine-v1"]))
         with Traffic(api, namespace, NAME, rows, rate=40, duration=3 * STAGE_TIMEOUT) as traffic:
             watch = Watcher(api, namespace, record, traffic, log)
-            watch.until("v1 Ready", lambda md: _condition(md, "Ready").get("status") == "True")
+            watch.until("v1 Ready", lambda md: mds.condition(md, "Ready").get("status") == "True")
             log("model v1 is Ready; live traffic flowing (40 req/s, round-robin over pod IPs)")
 
             log("applying model v2 → canary")
@@ -313,7 +292,7 @@ def run(
             entry = _history_outcome(md, bad) or {}
             if entry.get("outcome") != "RolledBack":
                 raise DemoError(f"the bad model was not rolled back: {entry.get('outcome')}")
-            stalled = _condition(md, "Stalled")
+            stalled = mds.condition(md, "Stalled")
             if stalled.get("reason") != "CanaryRolledBack":
                 raise DemoError(f"Stalled condition is {stalled}, expected reason CanaryRolledBack")
             if (md["status"].get("stable") or {}).get("revision") != revision:

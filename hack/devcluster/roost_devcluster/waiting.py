@@ -45,12 +45,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def find_condition(obj: Obj, kind: str) -> Obj:
+    """The status condition `kind` of an object as read from the API, or {}."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
 def condition(obj: Obj, kind: str) -> str | None:
     """Status ("True"/"False"/"Unknown") of a status condition, None when absent."""
-    for cond in obj.get("status", {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return str(cond.get("status"))
-    return None
+    found = find_condition(obj, kind).get("status")
+    return None if found is None else str(found)
 
 
 def pod_ready(pod: Obj) -> bool:
