@@ -42,7 +42,8 @@ typecheck: venv
 contracts: venv
 	$(BIN)/lint-imports
 
-unit: venv
+# The chart tests need helm (k8s-binaries) and promtool (system-deps): they fail, never skip.
+unit: venv system-deps k8s-binaries
 	$(BIN)/pytest -m "not e2e" tests
 
 e2e: venv system-deps k8s-binaries

@@ -10,7 +10,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${ROOST_CACHE:-$HOME/.cache/roost}
 k8s_dir="$cache/bin/kubernetes-${KUBERNETES_VERSION}"
 kwok_dir="$cache/bin/kwok-${KWOK_VERSION}"
-helm_dir="$cache/bin/helm-${HELM_VERSION}"
+# The ldflags are part of the cache key: a helm built without upstream's Kubernetes-version
+# ldflags (it then assumes v1.20) lives under another name and is never picked up.
+helm_dir="$cache/bin/helm-${HELM_VERSION}-kube1.${HELM_KUBE_MINOR}"
 if [[ "${1:-}" == "--print-dir" ]]; then
   echo "$k8s_dir:$kwok_dir:$helm_dir"; exit 0
 fi
@@ -43,11 +45,14 @@ build "$k8s_dir" kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldfla
 
 # kwok and helm are separate module graphs: build each from its own pinned go.mod in a
 # throwaway module so their replace directives and versions are exactly upstream's.
-build_module() { # build_module <out-dir> <name> <module> <version> <package> <ldflags>
+build_module() { # build_module <out-dir> <name> <module> <version> <package> <ldflags> [check]
   local out=$1/$2
   if [[ -x "$out" ]]; then log "$2: cached at $out"; return; fi
   local src
   src=$(cd "$here" && go mod download -json "$3@$4" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  if [[ -n "${7:-}" ]] && ! grep -Eq "$7" "$src/go.mod"; then
+    log "$2: $src/go.mod does not match '$7': update versions.env"; return 1
+  fi
   local work; work=$(mktemp -d)
   cp -r "$src/." "$work/"; chmod -R u+w "$work"
   build "$1" "$2" "$5" "$6" "$work"
@@ -55,8 +60,14 @@ build_module() { # build_module <out-dir> <name> <module> <version> <package> <l
 }
 build_module "$kwok_dir" kwok sigs.k8s.io/kwok "$KWOK_VERSION" ./cmd/kwok \
   "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
-build_module "$helm_dir" helm helm.sh/helm/v3 "$HELM_VERSION" ./cmd/helm \
-  "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+# Upstream's Makefile ldflags: without the k8sVersion ones `helm template` assumes Kubernetes
+# v1.20 and refuses the chart's kubeVersion (>= 1.29) unless --kube-version is given.
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${HELM_KUBE_MINOR}"
+done
+build_module "$helm_dir" helm helm.sh/helm/v3 "$HELM_VERSION" ./cmd/helm "$helm_ldflags" \
+  "k8s.io/client-go v0\.${HELM_KUBE_MINOR}\."
 # The Gateway API CRDs come from the same pinned module graph.
 gw_src=$(cd "$here" && go mod download -json "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 mkdir -p "$cache/gateway-api-${GATEWAY_API_VERSION}"

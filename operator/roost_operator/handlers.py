@@ -106,6 +106,7 @@ async def configure(
     )
     runtime.metrics.serve(cfg.metrics_port, cfg.bind_address)
     memo["runtime"] = runtime
+    runtime.metrics.ready.set()
     logger.info(
         "roost-operator: namespaces %s, serving image %s, metrics on :%d",
         ",".join(cfg.namespaces) or "all",

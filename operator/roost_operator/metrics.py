@@ -10,9 +10,11 @@ import contextlib
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from roost_operator.gates import AnalysisResult
 
@@ -25,6 +27,8 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.ready = threading.Event()
+        """Set once the operator has started up; `/readyz` answers 200 from then on."""
         r = self.registry
         self.reconciliations = Counter(
             "roost_operator_reconciliations",
@@ -134,8 +138,34 @@ class OperatorMetrics:
             _remove(self.analysis, (namespace, name, verdict))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve `/metrics` on `addr:port` from a background thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Serve `/metrics` and the readiness probe `/readyz` on `addr:port` (a thread).
+
+        `/readyz` answers 503 until `ready` is set (the operator's startup is done), then 200.
+        Liveness is kopf's own `/healthz` on the health port: a pod that is alive but not yet
+        ready is left alone instead of restarted, and takes no scrapes it cannot answer.
+        """
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") != "/readyz":
+                return metrics(environ, start_response)
+            ok = self.ready.is_set()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
+            return [b"ready\n" if ok else b"starting\n"]
+
+        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds are not worth a log line each."""
 
 
 def _remove(metric: Gauge | Counter, labels: Sequence[str]) -> None:

@@ -111,7 +111,7 @@ def test_template_accepted_by_api_server(
     helm: Helm, kubeconfig: Path, namespace: str, crd: None, scope: str
 ) -> None:
     args = [
-        "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", "1.33.0",
+        "template", RELEASE, str(CHART), "--namespace", namespace,
         "--set", f"rbac.scope={scope}", "--set", "argocd.healthCheckConfigMap=true",
         "--set", "rbac.gatewayAPI=true",
     ]  # fmt: skip

@@ -17,6 +17,14 @@
 {{- end }}
 {{- end }}
 
+{{/* "<fullname>-<suffix>" within 63 characters (a Service name is a DNS label): the full
+name is shortened, never the suffix. Call as (include "roost.suffixed" (list . "metrics")). */}}
+{{- define "roost.suffixed" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "roost.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
 {{- define "roost.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
