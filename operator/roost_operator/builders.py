@@ -106,9 +106,11 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
     ]
     # spec.server.env comes last and wins: server-side apply keys env by name, so a name
     # given twice would be refused rather than overridden.
+    # Sorted by name: a reordered list serves the same, and must neither restart pods nor
+    # make a new revision (the revision is the hash of this template).
     extra = dict(server.env)
     env = [e for e in env if e["name"] not in extra]
-    env += [{"name": name, "value": value} for name, value in server.env]
+    env += [{"name": name, "value": value} for name, value in sorted(server.env)]
     return env
 
 

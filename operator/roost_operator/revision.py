@@ -1,9 +1,12 @@
-"""The revision hash: a short name for everything that changes what a pod serves.
+"""The revision hash: a short name for the pod template the operator builds for a spec.
 
-Two specs with the same revision run byte-identical pod templates, so the operator can scale a
-revision's Deployment without restarting its pods. `replicas`, autoscaling, the rollout policy,
-traffic routing and `paused` are deliberately left out: changing them must never roll out a
-new revision.
+The revision is the hash of the pod template itself (built for placeholder names), so anything
+that would restart a pod makes a new revision — a spec change, a new default serving image, or
+an operator upgrade whose builders add a port, an environment variable or a probe. A new
+revision goes through the canary steps and gates like any other; an existing revision's
+Deployment is never rewritten with a different template, so the Deployment controller never
+rolls a model's pods outside a canary. `replicas`, autoscaling, the rollout policy, traffic
+routing and `paused` are not in the pod template: changing them never makes a new revision.
 """
 
 from __future__ import annotations
@@ -12,43 +15,30 @@ import hashlib
 import json
 from typing import Any
 
+from roost_operator.builders import Owner, build_deployment
 from roost_operator.spec import ModelDeploymentSpec
 
 REVISION_LENGTH = 10
+# The ModelDeployment's own name and uid are in the template (labels, ROOST_NAME); they name
+# the model, not what it serves, so the hash sees placeholders instead.
+_PLACEHOLDER = Owner("md", "ns", "uid")
+_REVISION = "revision"
 
 
-def revision_inputs(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
-    """What the revision hashes, as a JSON-able dict (contract: docs/architecture.md)."""
-    server = spec.server
-    return {
-        "model": {
-            "uri": spec.model.uri,
-            "sha256": spec.model.sha256,
-            "profileUri": spec.model.profile_uri,
-            "credentials": spec.model.credentials_secret,
-        },
-        "server": {
-            "port": server.port,
-            "maxBatchSize": server.max_batch_size,
-            "maxDelayMs": server.max_delay_ms,
-            "threads": server.threads,
-            "driftWindow": server.drift_window,
-            # Order matters to a process's environment only for duplicates, which the spec
-            # refuses; sorting keeps a reordered list from making a new revision.
-            "env": sorted([name, value] for name, value in server.env),
-        },
-        "resources": {"requests": dict(spec.requests), "limits": dict(spec.limits)},
-        "image": image,
-    }
+def pod_template(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
+    """The pod template of `spec`'s Deployment, with placeholder names: what the hash covers."""
+    deployment = build_deployment(_PLACEHOLDER, spec, _REVISION, 1, image)
+    template: dict[str, Any] = deployment["spec"]["template"]
+    return template
 
 
 def compute_revision(spec: ModelDeploymentSpec, image: str) -> str:
-    """First 10 hex characters of sha256 over the canonical JSON of `revision_inputs`.
+    """First 10 hex characters of sha256 over the canonical JSON of `pod_template`.
 
     `image` is the resolved image (`spec.server.image` or the operator's default), so a new
     default serving image rolls out like any other change.
     """
     canonical = json.dumps(
-        revision_inputs(spec, image), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        pod_template(spec, image), sort_keys=True, separators=(",", ":"), ensure_ascii=True
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]

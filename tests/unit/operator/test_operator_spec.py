@@ -115,3 +115,40 @@ class TestConditions:
         assert by["Stalled"].status == "True"
         assert by["Stalled"].reason == "CanaryRolledBack"
         assert by["Reconciling"].status == "False"
+
+
+class TestRevisionIsThePodTemplate:
+    """An operator upgrade that changes the pod template makes a new revision (a canary)."""
+
+    def test_same_spec_same_template_same_revision_for_any_name(self) -> None:
+        from roost_operator.builders import Owner, build_deployment
+
+        spec = parse_spec(BASE)
+        rev = compute_revision(spec, "img:1")
+        a = build_deployment(Owner("wine", "ml", "u1"), spec, rev, 2, "img:1")
+        b = build_deployment(Owner("iris", "team", "u2"), spec, rev, 5, "img:1")
+        assert a["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+        assert compute_revision(parse_spec(BASE), "img:1") == rev
+        assert a["metadata"]["name"] == f"wine-{rev}"
+        assert b["metadata"]["name"] == f"iris-{rev}"
+
+    def test_a_builder_change_makes_a_new_revision(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from roost_operator import builders
+
+        spec = parse_spec(BASE)
+        before = compute_revision(spec, "img:1")
+        # What an operator upgrade that adds a probe setting or a port does to the template.
+        monkeypatch.setattr(builders, "DRAIN_SECONDS", builders.DRAIN_SECONDS + 1)
+        assert compute_revision(spec, "img:1") != before
+
+    def test_reordered_env_is_the_same_revision_and_template(self) -> None:
+        from roost_operator.builders import Owner, build_deployment
+
+        env = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+        one = parse_spec({**BASE, "server": {"env": env}})
+        two = parse_spec({**BASE, "server": {"env": env[::-1]}})
+        assert compute_revision(one, "i") == compute_revision(two, "i")
+        owner = Owner("wine", "ml", "u")
+        assert build_deployment(owner, one, "r", 1, "i") == build_deployment(
+            owner, two, "r", 1, "i"
+        )
