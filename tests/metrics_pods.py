@@ -12,7 +12,7 @@ from itertools import count
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from roost_operator.planner import PodTarget
+from roost_operator.pods import PodTarget
 
 # The contract's latency buckets.
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1]

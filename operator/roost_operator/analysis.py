@@ -29,7 +29,7 @@ from roost_operator.gates import (
     weighted_feature_psi,
     window_from_samples,
 )
-from roost_operator.planner import PodTarget
+from roost_operator.pods import PodTarget
 from roost_operator.spec import AnalysisSpec
 
 

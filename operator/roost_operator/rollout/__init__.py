@@ -28,14 +28,17 @@ How the planner drives it, once per reconcile (`planner.plan`)::
         obs = dataclasses.replace(obs, analysis=await source.analyse(...))
     decision = decide(spec.rollout, state, obs)
 
-Modules: `state` (the persisted state), `machine` (`decide`, the replica arithmetic, when to
-analyse), `messages` (the sentences in events and conditions). Everything public is
-re-exported here: import from `roost_operator.rollout`.
+Modules: `state` (the persisted state), `observations` (what `decide` sees and returns, the
+replica arithmetic, when to analyse), `machine` (`decide`), `messages` (the sentences in
+events and conditions). Everything public is re-exported here: import from
+`roost_operator.rollout`.
 
 Pure: no Kubernetes, kopf or HTTP imports (import-linter contract).
 """
 
-from roost_operator.rollout.machine import (
+from roost_operator.rollout.machine import decide
+from roost_operator.rollout.messages import describe_analysis, describe_gate
+from roost_operator.rollout.observations import (
     MIN_REQUEUE_SECONDS,
     READINESS_POLL_SECONDS,
     Decision,
@@ -44,11 +47,9 @@ from roost_operator.rollout.machine import (
     analysis_due,
     canary_ready,
     canary_target_replicas,
-    decide,
     needs_analysis,
     replica_split,
 )
-from roost_operator.rollout.messages import describe_analysis, describe_gate
 from roost_operator.rollout.state import (
     HISTORY_LIMIT,
     CanaryState,
