@@ -4,10 +4,12 @@ that are the package's console scripts."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -57,7 +59,97 @@ def test_dockerfile_shape(part: str) -> None:
     for label in ("title", "version", "revision", "source", "licenses"):
         assert f"org.opencontainers.image.{label}=" in final
     assert final.rstrip().endswith(f"ENTRYPOINT {ENTRYPOINTS[part]}")
-    assert "pip wheel" in text
+    assert install_line(part).startswith(".[")
+
+
+def install_line(part: str) -> str:
+    """What `pip install "..."` installs in the builder stage of Dockerfile.<part>."""
+    text = (REPO / f"Dockerfile.{part}").read_text()
+    (found,) = re.findall(r'/opt/roost/bin/pip install "([^"]+)"', text)
+    return found
+
+
+def _extras(part: str) -> set[str]:
+    match = re.fullmatch(r"\.\[([a-z0-9,]+)\]", install_line(part))
+    assert match, install_line(part)
+    return set(match.group(1).split(","))
+
+
+def _requirements(extras: set[str]) -> set[str]:
+    """Distribution names an install of roost with `extras` pulls in directly, recursively."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ;]", r)[0].lower() for r in pyproject["dependencies"]}
+    todo = list(extras)
+    while todo:
+        for req in pyproject["optional-dependencies"][todo.pop()]:
+            if req.startswith("roost["):
+                todo += req[len("roost[") : -1].split(",")
+            else:
+                names.add(re.split(r"[<>=\[ ;]", req)[0].lower())
+    return names
+
+
+def test_each_image_installs_only_its_side() -> None:
+    """The operator image carries no model runtime; the serving image no Kubernetes client."""
+    assert _extras("operator") == {"operator"}
+    assert _extras("serving") == {"serving", "s3", "gcs"}
+    operator, serving = _requirements(_extras("operator")), _requirements(_extras("serving"))
+    assert {"kopf", "kubernetes", "aiohttp"} <= operator
+    assert not operator & {"onnxruntime", "scikit-learn", "skl2onnx", "fastapi", "uvicorn"}
+    assert {"onnxruntime", "fastapi", "s3fs", "gcsfs"} <= serving
+    assert not serving & {"kopf", "kubernetes", "scikit-learn", "skl2onnx"}
+
+
+SERVING_IMPORTS = """
+import importlib.util, fsspec
+for protocol in ("s3", "gs", "gcs"):
+    cls = fsspec.get_filesystem_class(protocol)
+    print(protocol, cls.__module__, cls.__name__)
+import roost_serving.model, roost_serving.app
+for absent in ("kopf", "kubernetes", "sklearn", "skl2onnx"):
+    assert importlib.util.find_spec(absent) is None, absent
+print("ok")
+"""
+
+
+def test_serving_install_line_imports_the_s3_and_gcs_filesystems(tmp_path: Path) -> None:
+    """A fresh venv installed by Dockerfile.serving's own line (no image build) serves s3://
+    and gs:// model URIs: fsspec finds s3fs and gcsfs, and no operator dependency came along.
+
+    The venv is cached under ~/.cache/roost/image-envs keyed by pyproject.toml and that line,
+    so only a change to either pays the install (pip's cache keeps that short).
+    """
+    line = install_line("serving")
+    pyproject = (REPO / "pyproject.toml").read_bytes()
+    key = hashlib.sha256(pyproject + line.encode()).hexdigest()[:16]
+    venv = Path.home() / ".cache" / "roost" / "image-envs" / f"serving-{key}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        src = tmp_path / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy(REPO / name, src / name)
+        for package in ("serving/roost_serving", "operator/roost_operator"):
+            shutil.copytree(REPO / package, src / package)
+        building = venv.with_name(venv.name + ".tmp")
+        shutil.rmtree(building, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=120)
+        done = subprocess.run(
+            [str(building / "bin" / "pip"), "install", "-q", line],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        building.rename(venv)  # only a complete install is ever reused
+    done = subprocess.run(
+        [str(python), "-c", SERVING_IMPORTS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "s3 s3fs.core S3FileSystem" in done.stdout, done.stdout
+    assert "gs gcsfs.core GCSFileSystem" in done.stdout, done.stdout
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from roost_operator import builders
 from roost_operator.builders import Owner
 from roost_operator.spec import parse_spec
@@ -187,6 +189,22 @@ class TestHorizontalPodAutoscaler:
         assert cpu["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
         assert pods["pods"]["metric"]["name"] == "roost_inflight_requests"
         assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "4"}
+
+    def test_inflight_target_says_what_it_needs(self) -> None:
+        """No adapter ships with roost: the CRD says so, docs/autoscaling.md has the rule."""
+        repo = Path(__file__).resolve().parents[3]
+        crd = (repo / "crds" / "modeldeployment.yaml").read_text()
+        assert "custom metrics API" in " ".join(crd.split())
+        assert "docs/autoscaling.md" in crd
+        doc = (repo / "docs" / "autoscaling.md").read_text()
+        (rule,) = yaml.safe_load(doc.split("```yaml")[2].split("```")[0])["rules"]
+        hpa = builders.build_hpa(
+            OWNER,
+            spec(autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetInflightRequests": 2}),
+        )
+        (metric,) = hpa["spec"]["metrics"]
+        assert rule["name"]["as"] == metric["pods"]["metric"]["name"] == "roost_inflight_requests"
+        assert rule["seriesQuery"].startswith("roost_inflight_requests{")
 
     def test_cpu_default_when_no_target(self) -> None:
         hpa = builders.build_hpa(OWNER, spec(autoscaling={"minReplicas": 1, "maxReplicas": 3}))
