@@ -3,9 +3,11 @@
 Requests whose inputs agree on names, datatypes and every dimension but the first are
 concatenated along the first (batch) dimension, run once, and the outputs are split back by
 row counts; models whose rows are computed independently (every tabular model) give exactly
-the results an unbatched run gives. Runs happen one at a time on a worker thread, so the event
-loop keeps decoding the next requests while the model computes; whatever queued up meanwhile
-forms the next batch.
+the results an unbatched run gives. Runs happen one at a time; whatever queued up meanwhile
+forms the next batch. Where a run happens follows its average duration: one shorter than
+`INLINE_RUN_SECONDS` runs on the event loop itself (a thread hand-off would cost more than the
+run), a slower one on a worker thread, so the loop keeps decoding the next requests while the
+model computes.
 
 ``max_delay`` bounds how long a batch is held open for requests that are already inside the
 server (received, still being decoded); the batcher never sits idle waiting for requests that
@@ -196,7 +198,7 @@ class Batcher:
                     item.future.set_result(result)
 
     def _execute(self, batch: list[_Item]) -> list[Tensors | BaseException]:
-        """Worker thread: run one batch, falling back to single runs when it cannot be split."""
+        """Run one batch (on the loop or the worker thread), falling back to single runs."""
         if len(batch) == 1:
             return [self._single(batch[0])]
         names = list(batch[0].inputs)
