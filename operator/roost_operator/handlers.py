@@ -138,42 +138,25 @@ def _slim(body: kopf.Body) -> dict[str, Any]:
     return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
 
 
-def _child_index(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels
+# The kinds the planner prunes and compares, one kopf index each; the daemon gets every index
+# in its kwargs under the index's id.
+CHILD_INDEXES: dict[str, tuple[str, ...]] = {
+    "roost_deployments": ("apps", "v1", "deployments"),
+    "roost_services": ("v1", "services"),
+    "roost_pdbs": ("policy", "v1", "poddisruptionbudgets"),
+    "roost_hpas": ("autoscaling", "v2", "horizontalpodautoscalers"),
+}
+
+
+def child_index(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
 ) -> dict[ChildIndexKey, dict[str, Any]]:
+    """Children of each ModelDeployment, keyed by (namespace, ModelDeployment name)."""
     return {(str(namespace), str(labels[LABEL_MD])): _slim(body)}
 
 
-@kopf.index("apps", "v1", "deployments", labels={LABEL_MD: kopf.PRESENT})
-def roost_deployments(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[ChildIndexKey, dict[str, Any]]:
-    """Deployments of each ModelDeployment."""
-    return _child_index(body, namespace, labels)
-
-
-@kopf.index("v1", "services", labels={LABEL_MD: kopf.PRESENT})
-def roost_services(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[ChildIndexKey, dict[str, Any]]:
-    """Services of each ModelDeployment."""
-    return _child_index(body, namespace, labels)
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels={LABEL_MD: kopf.PRESENT})
-def roost_pdbs(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[ChildIndexKey, dict[str, Any]]:
-    """PodDisruptionBudgets of each ModelDeployment."""
-    return _child_index(body, namespace, labels)
-
-
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels={LABEL_MD: kopf.PRESENT})
-def roost_hpas(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[ChildIndexKey, dict[str, Any]]:
-    """HorizontalPodAutoscalers of each ModelDeployment."""
-    return _child_index(body, namespace, labels)
+for _id, _resource in CHILD_INDEXES.items():
+    kopf.index(*_resource, id=_id, labels={LABEL_MD: kopf.PRESENT})(child_index)
 
 
 @kopf.index("v1", "pods", labels={LABEL_MD: kopf.PRESENT})
@@ -337,9 +320,7 @@ async def reconcile_loop(
     key = (str(namespace), str(name))
     waker = runtime.wakers.setdefault(key, asyncio.Event())
     roost_pods: kopf.Index[ChildIndexKey, dict[str, Any]] = kwargs["roost_pods"]
-    children = tuple(
-        kwargs[n] for n in ("roost_deployments", "roost_services", "roost_pdbs", "roost_hpas")
-    )
+    children = tuple(kwargs[n] for n in CHILD_INDEXES)
     try:
         while not stopped:
             waker.clear()
