@@ -303,7 +303,7 @@ async def reconcile(
     analysis = None
     request = planner.analysis_request(md, pods, now, image)
     if request is not None:
-        source = runtime.sources.for_spec(request.source)
+        source = runtime.sources.for_spec(request.spec)
         analysis = await source.analyse(
             namespace=namespace,
             name=name,
@@ -312,7 +312,8 @@ async def reconcile(
             canary_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.canary_pods],
             stable_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.stable_pods],
             window_seconds=request.window_seconds,
-            thresholds=request.thresholds,
+            spec=request.spec,
+            evidence=request.evidence,
             now=now,
         )
         runtime.metrics.observe_analysis(namespace, name, analysis)

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from roost_operator import builders, conditions, rollout
 from roost_operator.builders import LABEL_MD, LABEL_REVISION, Manifest, Owner
-from roost_operator.gates import AnalysisResult, GateThresholds
+from roost_operator.gates import AnalysisResult
 from roost_operator.revision import compute_revision
-from roost_operator.spec import ModelDeploymentSpec, SpecError, parse_spec
+from roost_operator.spec import AnalysisSpec, ModelDeploymentSpec, SpecError, parse_spec
 
 REQUEST_ANNOTATIONS = {
     "promote": "roost.dev/promote",
@@ -118,8 +118,9 @@ class AnalysisRequest:
     canary_pods: tuple[PodRef, ...]
     stable_pods: tuple[PodRef, ...]
     window_seconds: float
-    thresholds: GateThresholds
-    source: Mapping[str, Any]
+    spec: AnalysisSpec
+    evidence: Mapping[str, Any] | None
+    """``status.canary.evidence``: the sequential tests continue from it."""
 
 
 def policy_of(spec: ModelDeploymentSpec) -> rollout.RolloutPolicy:
@@ -131,21 +132,13 @@ def policy_of(spec: ModelDeploymentSpec) -> rollout.RolloutPolicy:
         interval_seconds=spec.analysis.interval_seconds,
         failure_limit=spec.analysis.failure_limit,
         analysis_enabled=_gates_configured(spec),
+        progress_deadline_seconds=spec.analysis.progress_deadline_seconds,
+        on_inconclusive=spec.analysis.on_inconclusive,
     )
 
 
 def _gates_configured(spec: ModelDeploymentSpec) -> bool:
-    t = spec.analysis.thresholds
-    return any(
-        v is not None
-        for v in (
-            t.max_error_rate,
-            t.max_p99_seconds,
-            t.max_p99_ratio,
-            t.max_psi,
-            t.max_js_distance,
-        )
-    )
+    return spec.analysis.gates.any
 
 
 def _termination_reason(message: str) -> str:
@@ -298,8 +291,8 @@ def analysis_request(
         canary_pods=canary.ready_pods,
         stable_pods=stable.ready_pods,
         window_seconds=p.spec.analysis.interval_seconds,
-        thresholds=p.spec.analysis.thresholds,
-        source=p.spec.analysis.source_spec(),
+        spec=p.spec.analysis,
+        evidence=p.state.canary.evidence,
     )
 
 

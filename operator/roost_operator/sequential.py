@@ -50,7 +50,7 @@ the benchmark."""
 PRIOR = 0.5
 """Pseudo-counts added to each arm's successes and failures for the variance estimate only."""
 
-_FIELDS = ("w", "wy", "a_c", "a_s", "x_c", "n_c", "x_s", "n_s")
+FIELDS = ("w", "wy", "a_c", "a_s", "x_c", "n_c", "x_s", "n_s")
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,12 @@ class DiffState:
     @classmethod
     def zeros(cls, shape: int | tuple[int, ...]) -> DiffState:
         """No evidence yet."""
-        return cls(*(np.zeros(shape) for _ in _FIELDS))
+        return cls(*(np.zeros(shape) for _ in FIELDS))
 
     def to_status(self) -> dict[str, list[float]]:
         """JSON-safe form for ``status.canary.evidence`` (1-D states only)."""
         # Full float precision: JSON round-trips a double exactly, so a restart changes nothing.
-        return {f: [float(v) for v in getattr(self, f).ravel()] for f in _FIELDS}
+        return {f: [float(v) for v in getattr(self, f).ravel()] for f in FIELDS}
 
     @classmethod
     def from_status(cls, raw: Any, k: int) -> DiffState:
@@ -88,7 +88,7 @@ class DiffState:
         if not isinstance(raw, Mapping):
             return cls.zeros(k)
         arrays = []
-        for f in _FIELDS:
+        for f in FIELDS:
             values = raw.get(f)
             if not isinstance(values, Sequence) or len(values) != k:
                 return cls.zeros(k)
@@ -107,12 +107,12 @@ class DiffState:
 
 def state_row(state: DiffState, i: int) -> DiffState:
     """Row `i` of a stacked (simulations x k) state."""
-    return DiffState(*(getattr(state, f)[i] for f in _FIELDS))
+    return DiffState(*(getattr(state, f)[i] for f in FIELDS))
 
 
 def stack(states: Sequence[DiffState]) -> DiffState:
     """Stack 1-D states into one (len(states) x k) state."""
-    return DiffState(*(np.stack([getattr(s, f) for s in states]) for f in _FIELDS))
+    return DiffState(*(np.stack([getattr(s, f) for s in states]) for f in FIELDS))
 
 
 def update(

@@ -67,6 +67,12 @@ class RolloutPolicy:
     failure_limit: int
     analysis_enabled: bool = True
     """Whether gates are configured: a step then also needs a passing analysis to end."""
+    progress_deadline_seconds: float | None = None
+    """Per step, from when its pods are ready: how long its gates may stay inconclusive
+    (never shorter than the step's pause). None waits for a verdict however long it takes."""
+    on_inconclusive: Literal["rollback", "pause", "promote"] = "rollback"
+    """What a step that reached its deadline without a verdict does; recorded as a deadline
+    verdict, never as a pass."""
 
     def full_scale(self, step: int) -> bool:
         """Past the last step: full scale next to the stable revision, promoted once ready."""
@@ -147,6 +153,9 @@ class CanaryState:
     analysis_count: int
     last_analysis: dict[str, Any] | None
     """`AnalysisResult.to_status()` of the latest analysis."""
+    evidence: dict[str, Any] | None = None
+    """The sequential gates' accumulated evidence over the whole rollout
+    (`roost_operator.verdicts`), so a restarted operator continues the same tests."""
     promotion: str | None = None
     """The reason it will be promoted with, set when it starts growing to full scale.
 
@@ -220,6 +229,7 @@ class RolloutState:
                 consecutive_failures=max(_int(c, "consecutiveFailures"), 0),
                 analysis_count=max(_int(c, "analysisCount"), 0),
                 last_analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
+                evidence=dict(c["evidence"]) if isinstance(c.get("evidence"), Mapping) else None,
                 promotion=_text(c, "promotion") or None,
             )
         history = []
@@ -260,6 +270,7 @@ class RolloutState:
                 "consecutiveFailures": c.consecutive_failures,
                 "analysisCount": c.analysis_count,
                 "lastAnalysis": dict(c.last_analysis) if c.last_analysis is not None else None,
+                "evidence": dict(c.evidence) if c.evidence is not None else None,
                 "promotion": c.promotion,
             }
             if c
