@@ -119,7 +119,7 @@ def update(
     state: DiffState,
     x_c: npt.ArrayLike,
     n_c: npt.ArrayLike,
-    x_s: npt.ArrayLike,
+    x_s: npt.ArrayLike | None,
     n_s: npt.ArrayLike | None,
     reference: npt.ArrayLike | None = None,
 ) -> DiffState:
@@ -145,6 +145,7 @@ def update(
             x_s=state.x_s + ref * nc,
             n_s=state.n_s + nc,
         )
+    assert x_s is not None
     assert n_s is not None
     xs = np.asarray(x_s, dtype=np.float64)
     ns = np.asarray(n_s, dtype=np.float64)

@@ -184,7 +184,9 @@ class GatesSpec:
 
     def enforced(self) -> int:
         """How many gates spend `alpha` (observe-mode gates spend none)."""
-        gates = (self.error_rate, self.latency, self.divergence, self.drift)
+        # A latency gate with only the maxP99Seconds point check runs no sequential test.
+        latency = self.latency if self.latency and self.latency.max_ratio is not None else None
+        gates = (self.error_rate, latency, self.divergence, self.drift)
         return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 

@@ -163,44 +163,42 @@ def _above(buckets: Mapping[float, float], bound: float) -> float:
 def _latency_gate(
     evidence: dict[str, Any], canary: Counts, stable: Counts, gate: LatencyGate, alpha: float
 ) -> tuple[str, float, float, float, float | None]:
+    """Fail: two-sample, canary above r x L vs stable above L. Pass: one-sample, canary above
+    r x L confidently below 1 - quantile (the canary's quantile is below r x L). Each side
+    spends at most `alpha` in its own direction."""
     raw = evidence.get("latency") or {}
     state = _diff_state(raw.get("state"), 1)
+    tail = _diff_state(raw.get("tail"), 1)
     past = {float(k): float(v) for k, v in (raw.get("stable") or {}).items()}
     edge = _quantile_edge(past, gate.quantile)
     bounds = sorted(b for b in canary.buckets if math.isfinite(b))
     ratio = gate.max_ratio or 1.0
-    if edge is not None and math.isfinite(edge):
+    n_c = canary.buckets.get(math.inf, 0.0)
+    if edge is not None and math.isfinite(edge) and n_c > 0:
         # The canary's threshold: the first bound at or above ratio x edge (rounding the
         # ratio up keeps the test valid; the docs state the smallest resolvable ratio).
         scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-6)), None)
-        if scaled is not None and canary.total > 0 and stable.total > 0:
-            state = sq.update(
-                state,
-                [_above(canary.buckets, scaled)],
-                [canary.buckets.get(math.inf, 0.0)],
-                [_above(stable.buckets, edge)],
-                [stable.buckets.get(math.inf, 0.0)],
-            )
+        if scaled is not None:
+            slow = _above(canary.buckets, scaled)
+            n_s = stable.buckets.get(math.inf, 0.0)
+            if n_s > 0:
+                state = sq.update(state, [slow], [n_c], [_above(stable.buckets, edge)], [n_s])
+            tail = sq.update(tail, [slow], [n_c], None, None, [1 - gate.quantile])
+    seen = _add(raw.get("canary"), canary.buckets)
     for b, n in stable.buckets.items():
         past[b] = past.get(b, 0.0) + n
     evidence["latency"] = {
         "state": state.to_status(),
+        "tail": tail.to_status(),
         "stable": {str(k): v for k, v in past.items()},
+        "canary": {str(k): v for k, v in seen.items()},
     }
-    code, lower, upper = sq.judge_many(state, alpha, 0.0)
-    c_edge = _quantile_edge(_add(raw.get("canary"), canary.buckets), gate.quantile)
-    evidence["latency"]["canary"] = {
-        str(k): v for k, v in _add(raw.get("canary"), canary.buckets).items()
-    }
-    s_edge = _quantile_edge(past, gate.quantile)
+    fail, lower, upper = sq.judge_many(state, alpha, 0.0)
+    ok, _, _ = sq.judge_many(tail, alpha, 0.0)
+    verdict = "fail" if fail == sq.FAIL else "pass" if ok == sq.PASS else "inconclusive"
+    c_edge, s_edge = _quantile_edge(seen, gate.quantile), _quantile_edge(past, gate.quantile)
     effect = c_edge / s_edge if c_edge and s_edge and math.isfinite(c_edge * s_edge) else None
-    return (
-        sq.VERDICTS[int(code)],
-        float(state.estimate[0]),
-        float(lower[0]),
-        float(upper[0]),
-        effect,
-    )
+    return verdict, float(state.estimate[0]), float(lower[0]), float(upper[0]), effect
 
 
 def _add(raw: Any, buckets: Mapping[float, float]) -> dict[float, float]:
@@ -241,6 +239,8 @@ def _bins_gate(
     n_s_all = None if n_s is None else np.asarray([n_s[pos[b]] if b in pos else 0.0 for b in order])
     state = sq.update(state, aligned(x_c), n_c_all, aligned(x_s), n_s_all, aligned(reference))
     evidence[key] = {"bins": order, "state": state.to_status()}
+    if not order:
+        return "inconclusive", 0, state, np.zeros(0), np.zeros(0)
     code, lower, upper = sq.judge_many(state, alpha, margin, -margin)
     # The bin shown: the one furthest outside its margin, or with the largest change.
     est = np.nan_to_num(state.estimate)

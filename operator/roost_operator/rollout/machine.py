@@ -495,7 +495,10 @@ def _deadline(t: _Tick, state: RolloutState) -> Decision:
         )
     if policy.on_inconclusive == "promote":
         t.emit("Warning", "ProgressDeadlineExceeded", f"{why}; onInconclusive: promote")
-        reason = f"deadline verdict (onInconclusive: promote), not a pass: {why}"
+        # status.canary.promotion holds at most 256 characters: the analysis is in the event.
+        reason = (
+            f"deadline verdict (onInconclusive: promote), not a pass: progress deadline {limit}"
+        )
         return _scale_up_then_promote(t, replace(state, canary=replace(c, promotion=reason)))
     message = f"{why}; onInconclusive: pause (the gates keep judging; promote or abort by hand)"
     decision = _running(t, state)
