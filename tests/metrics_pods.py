@@ -13,10 +13,10 @@ from itertools import count
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from roost_operator.pods import PodTarget
+from roost_serving.metrics import REQUEST_BUCKETS
 
-# The contract's latency buckets.
-LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1]
-LATENCY_BUCKETS += [0.25, 0.5, 1, 2.5, 5, 10]
+# The serving process's request-latency buckets.
+LATENCY_BUCKETS = list(REQUEST_BUCKETS)
 _uids = count()
 
 
@@ -51,6 +51,15 @@ class ServingPod:
         self.psi = Gauge("roost_feature_psi", "psi", [*labels, "feature"], registry=self.registry)
         self.rows = Gauge("roost_drift_window_rows", "rows", labels, registry=self.registry)
         self.rows.labels(self.model, self.revision).set(0)
+        self.bins = Counter(
+            "roost_feature_bin_total", "bins", [*labels, "feature", "bin"], registry=self.registry
+        )
+        self.reference = Gauge(
+            "roost_feature_reference_share",
+            "ref",
+            [*labels, "feature", "bin"],
+            registry=self.registry,
+        )
         # Series exist from the start at zero, as once the server has answered its first request.
         for code in ("200", "500"):
             self.requests.labels(self.model, self.revision, code)
@@ -67,6 +76,12 @@ class ServingPod:
             self.latency.labels(self.model, self.revision).observe(latency)
             if code == "200":
                 self.predictions.labels(self.model, self.revision, prediction).inc()
+
+    def inputs(self, feature: str, counts: list[int], reference: list[float]) -> None:
+        """Rows per bin of one feature, and the profile's shares of those bins."""
+        for b, (n, share) in enumerate(zip(counts, reference, strict=True)):
+            self.bins.labels(self.model, self.revision, feature, str(b)).inc(n)
+            self.reference.labels(self.model, self.revision, feature, str(b)).set(share)
 
     def drift(self, psi: dict[str, float], rows: int) -> None:
         for feature, value in psi.items():

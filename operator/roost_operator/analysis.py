@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -18,12 +19,12 @@ import aiohttp
 
 from roost_operator.gates import (
     AnalysisResult,
-    GateThresholds,
     RevisionWindow,
     Scrape,
     SeriesKey,
     counter_deltas,
     evaluate,
+    histogram_quantile,
     inconclusive,
     parse_exposition,
     weighted_feature_psi,
@@ -31,6 +32,7 @@ from roost_operator.gates import (
 )
 from roost_operator.pods import PodTarget
 from roost_operator.spec import AnalysisSpec
+from roost_operator.times import parse_time, rfc3339_seconds
 
 
 class AnalysisSource(Protocol):
@@ -46,10 +48,11 @@ class AnalysisSource(Protocol):
         canary_pods: Sequence[PodTarget],
         stable_pods: Sequence[PodTarget],
         window_seconds: float,
-        thresholds: GateThresholds,
+        spec: AnalysisSpec,
+        evidence: Mapping[str, Any] | None,
         now: datetime,
     ) -> AnalysisResult:
-        """Judge the canary over the last window."""
+        """Add the last interval to `evidence` (``status.canary.evidence``) and judge."""
         ...
 
     async def close(self) -> None:
@@ -111,7 +114,8 @@ class PodsSource:
         canary_pods: Sequence[PodTarget],
         stable_pods: Sequence[PodTarget],
         window_seconds: float,
-        thresholds: GateThresholds,
+        spec: AnalysisSpec,
+        evidence: Mapping[str, Any] | None,
         now: datetime,
     ) -> AnalysisResult:
         """Scrape every pod once, compare with the previous scrape and evaluate the gates."""
@@ -158,7 +162,7 @@ class PodsSource:
             if stable_deltas
             else None
         )
-        return evaluate(canary, stable, thresholds, now, notes)
+        return evaluate(canary, stable, spec, now, notes, evidence)
 
 
 class PrometheusError(Exception):
@@ -222,16 +226,18 @@ class PrometheusSource:
             f'revision="{_escape(revision)}"'
         )
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
-        requests, p99, predictions, psi, rows = await asyncio.gather(
+        requests, buckets, predictions, psi, rows, bins, reference = await asyncio.gather(
             self.query(f"sum by (code) (increase(roost_requests_total{{{sel}}}[{w}]))", at),
             self.query(
-                "histogram_quantile(0.99, sum by (le) "
-                f"(rate(roost_request_duration_seconds_bucket{{{sel}}}[{w}])))",
-                at,
+                f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{sel}}}[{w}]))", at
             ),
             self.query(f"sum by (bin) (increase(roost_predictions_total{{{sel}}}[{w}]))", at),
             self.query(f"roost_feature_psi{{{sel}}}", at),
             self.query(f"roost_drift_window_rows{{{sel}}}", at),
+            self.query(
+                f"sum by (feature, bin) (increase(roost_feature_bin_total{{{sel}}}[{w}]))", at
+            ),
+            self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
         )
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
@@ -242,15 +248,19 @@ class PrometheusSource:
         for labels, value in rows:
             pod = labels.get("pod") or labels.get("instance", "")
             rows_by_pod[pod] = rows_by_pod.get(pod, 0.0) + value
-        p99_value = p99[0][1] if p99 else math.nan
+        cumulative = {labels.get("le", ""): v for labels, v in buckets if math.isfinite(v)}
+        p99 = histogram_quantile(0.99, cumulative)
         return RevisionWindow(
             requests={labels.get("code", ""): v for labels, v in requests if math.isfinite(v)},
-            p99_seconds=p99_value if math.isfinite(p99_value) else None,
+            p99_seconds=p99 if math.isfinite(p99) else None,
             predictions={labels.get("bin", ""): v for labels, v in predictions},
             feature_psi=weighted_feature_psi(
                 [(features, rows_by_pod.get(pod, 0.0)) for pod, features in per_pod.items()]
             ),
             drift_rows=sum(rows_by_pod.values()),
+            buckets={float(le): v for le, v in cumulative.items()},
+            feature_bins=_nested(bins),
+            reference=_nested(reference),
         )
 
     async def analyse(
@@ -263,21 +273,48 @@ class PrometheusSource:
         canary_pods: Sequence[PodTarget],
         stable_pods: Sequence[PodTarget],
         window_seconds: float,
-        thresholds: GateThresholds,
+        spec: AnalysisSpec,
+        evidence: Mapping[str, Any] | None,
         now: datetime,
     ) -> AnalysisResult:
-        """Query both revisions over the same window and evaluate the gates.
+        """Query both revisions over the same interval and evaluate the gates.
 
-        The pod lists are not needed: Prometheus already knows the pods by their labels.
+        Intervals never overlap: the evidence records the end of the last judged one
+        (``until``), and the next covers exactly the time since; an interval shorter than
+        `min_window_seconds` waits, since `increase()` needs two scrapes inside it. The pod
+        lists are not needed: Prometheus already knows the pods by their labels.
         """
+        until = parse_time((evidence or {}).get("until"))
+        span = (
+            (now - until).total_seconds()
+            if until is not None
+            else max(window_seconds, self.min_window_seconds)
+        )
+        if span < self.min_window_seconds:
+            return inconclusive(
+                now, f"waiting for {self.min_window_seconds:g}s of scrapes since the last interval"
+            )
         try:
             canary, stable = await asyncio.gather(
-                self.revision_window(namespace, name, canary_revision, window_seconds, now),
-                self.revision_window(namespace, name, stable_revision, window_seconds, now),
+                self.revision_window(namespace, name, canary_revision, span, now),
+                self.revision_window(namespace, name, stable_revision, span, now),
             )
         except PrometheusError as e:
             return inconclusive(now, f"prometheus at {self.url}: {e}")
-        return evaluate(canary, stable if stable.total_requests > 0 else None, thresholds, now)
+        result = evaluate(
+            canary, stable if stable.total_requests > 0 else None, spec, now, (), evidence
+        )
+        if result.evidence is None:
+            return result
+        return replace(result, evidence={**result.evidence, "until": rfc3339_seconds(now)})
+
+
+def _nested(series: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for labels, value in series:
+        if math.isfinite(value):
+            out.setdefault(labels.get("feature", ""), {})[labels.get("bin", "")] = value
+    return out
 
 
 class AnalysisSources:

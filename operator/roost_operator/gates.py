@@ -1,21 +1,12 @@
-"""Canary analysis maths: Prometheus text parsing, counter deltas, quantiles and the gates.
+"""Canary analysis plumbing: Prometheus text parsing, counter deltas, quantiles, the verdict.
 
 Pure: no I/O and no Kubernetes. The two metric sources in `roost_operator.analysis` reduce what
-they read (pod scrapes or PromQL answers) to one `RevisionWindow` per revision, and `evaluate`
-turns the canary's and the stable revision's windows into an `AnalysisResult`.
-
-Gates (names as they appear in `status.canary.lastAnalysis.gates` and operator metrics):
-
-- ``minRequests``: canary requests in the window; fewer than ``minRequests`` makes the whole
-  analysis inconclusive, because a handful of requests proves nothing either way.
-- ``errorRate``: non-2xx share of the canary's infer requests.
-- ``latencyP99``: canary p99 request latency in seconds (``maxP99Seconds``).
-- ``latencyP99Ratio``: canary p99 over the stable p99 of the same window (``maxP99Ratio``).
-- ``drift``: max over features of the canary's ``roost_feature_psi``, averaged over canary pods
-  weighted by the rows in each pod's drift window (``maxPSI``); it abstains (inconclusive) until
-  the canary's windows hold ``minRows`` rows, since PSI over few rows is mostly sampling noise.
-- ``divergence``: Jensen-Shannon distance (base 2) between the canary's and the stable
-  revision's ``roost_predictions_total`` deltas (``maxJSDistance``).
+they read (pod scrapes or PromQL answers) to one `RevisionWindow` per revision and interval,
+and `evaluate` hands both to the sequential gates of `roost_operator.verdicts` (which keep the
+evidence that ``status.canary.evidence`` persists) and adds the legacy point check
+``latency.maxP99Seconds``. What the gates test, and how each v1alpha1 threshold maps onto
+them, is in docs/analysis.md; `benchmarks/bench_gates.py` judges the same simulated streams
+with the old per-window threshold gates beside the new ones.
 """
 
 from __future__ import annotations
@@ -30,7 +21,9 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from roost_serving import drift
 
+from roost_operator.spec import AnalysisSpec
 from roost_operator.times import rfc3339_seconds
+from roost_operator.verdicts import Counts, GateVerdict, judge_interval
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Labels = tuple[tuple[str, str], ...]
@@ -41,9 +34,8 @@ DURATION_BUCKET = "roost_request_duration_seconds_bucket"
 PREDICTIONS = "roost_predictions_total"
 FEATURE_PSI = "roost_feature_psi"
 DRIFT_ROWS = "roost_drift_window_rows"
-# PSI over n rows of k bins carries a sampling bias of about (k - 1) / n even without drift
-# (0.45 at 20 rows of 10 bins, 0.045 at 200): below this many rows the drift gate abstains.
-DEFAULT_MIN_DRIFT_ROWS = 200
+FEATURE_BINS = "roost_feature_bin_total"
+FEATURE_REFERENCE = "roost_feature_reference_share"
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -205,30 +197,55 @@ def weighted_feature_psi(pods: Sequence[tuple[Mapping[str, float], float]]) -> d
     return out
 
 
+def nested_sum(
+    samples: Mapping[SeriesKey, float], name: str, outer: str, inner: str
+) -> dict[str, dict[str, float]]:
+    """`sum by (<outer>, <inner>) (name)` as {outer: {inner: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in samples.items():
+        if key[0] != name:
+            continue
+        labels = dict(key[1])
+        row = out.setdefault(labels.get(outer, ""), {})
+        row[labels.get(inner, "")] = row.get(labels.get(inner, ""), 0.0) + value
+    return out
+
+
 @dataclass(frozen=True)
 class RevisionWindow:
-    """What one revision did during the analysis window, summed over its pods."""
+    """What one revision did during one analysis interval, summed over its pods."""
 
     requests: Mapping[str, float] = field(default_factory=dict)
-    """Infer requests by HTTP status code."""
+    """Infer requests by HTTP status code (summed over any other label, e.g. ``protocol``)."""
     p99_seconds: float | None = None
-    """p99 request latency over the window, None without observations."""
+    """p99 request latency over the interval, None without observations."""
     predictions: Mapping[str, float] = field(default_factory=dict)
     """Predictions by bin/class."""
     feature_psi: Mapping[str, float] = field(default_factory=dict)
     """Per-feature PSI, rows-weighted over pods (current drift windows)."""
     drift_rows: float = 0.0
     """Rows in the pods' drift windows together."""
+    buckets: Mapping[float, float] = field(default_factory=dict)
+    """Cumulative latency bucket increases by upper bound."""
+    feature_bins: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Rows per feature bin in the interval (cumulative counters' increases)."""
+    reference: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """The profile's share per feature bin, as the canary's pods export it."""
 
     @property
     def total_requests(self) -> float:
         """All infer requests."""
         return sum(self.requests.values())
 
-    @property
-    def error_requests(self) -> float:
-        """Infer requests answered with a status outside 2xx."""
-        return sum(v for code, v in self.requests.items() if not code.startswith("2"))
+    def counts(self) -> Counts:
+        """What the sequential gates read."""
+        return Counts(
+            requests=self.requests,
+            buckets=self.buckets,
+            predictions=self.predictions,
+            feature_bins=self.feature_bins,
+            reference=self.reference,
+        )
 
 
 def window_from_samples(
@@ -241,82 +258,24 @@ def window_from_samples(
         (sum_by(g, FEATURE_PSI, "feature"), sum(sum_by(g, DRIFT_ROWS, "model").values()))
         for g in gauges
     ]
+    feature_bins: dict[str, dict[str, float]] = {}
+    for d in deltas:
+        for feature, row in nested_sum(d, FEATURE_BINS, "feature", "bin").items():
+            feature_bins[feature] = add_maps([feature_bins.get(feature, {}), row])
+    # Every pod of a revision serves the same profile: any pod's reference is the reference.
+    reference = next(
+        (r for g in gauges if (r := nested_sum(g, FEATURE_REFERENCE, "feature", "bin"))), {}
+    )
     return RevisionWindow(
         requests=add_maps(sum_by(d, REQUESTS, "code") for d in deltas),
         p99_seconds=None if math.isnan(p99) else p99,
         predictions=add_maps(sum_by(d, PREDICTIONS, "bin") for d in deltas),
         feature_psi=weighted_feature_psi(per_pod),
         drift_rows=sum(rows for _, rows in per_pod),
+        buckets={float(le): v for le, v in buckets.items()},
+        feature_bins=feature_bins,
+        reference=reference,
     )
-
-
-def _number(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"spec.rollout.analysis.{what} must be a number, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """Thresholds of `spec.rollout.analysis`; a None threshold switches its gate off."""
-
-    min_requests: int = 50
-    max_error_rate: float | None = None
-    max_p99_seconds: float | None = None
-    max_p99_ratio: float | None = None
-    max_psi: float | None = None
-    min_drift_rows: int = DEFAULT_MIN_DRIFT_ROWS
-    max_js_distance: float | None = None
-
-    @classmethod
-    def from_spec(cls, analysis: Mapping[str, Any] | None) -> GateThresholds:
-        """Build from the `spec.rollout.analysis` dict (schema defaults may be missing)."""
-        analysis = analysis or {}
-        gates = analysis.get("gates") or {}
-        min_requests = analysis.get("minRequests", 50)
-        if isinstance(min_requests, bool) or not isinstance(min_requests, int):
-            raise ValueError(
-                f"spec.rollout.analysis.minRequests must be an integer, got {min_requests!r}"
-            )
-        return cls(
-            min_requests=min_requests,
-            max_error_rate=_number((gates.get("errorRate") or {}).get("max"), "errorRate.max"),
-            max_p99_seconds=_number(
-                (gates.get("latency") or {}).get("maxP99Seconds"), "latency.maxP99Seconds"
-            ),
-            max_p99_ratio=_number(
-                (gates.get("latency") or {}).get("maxP99Ratio"), "latency.maxP99Ratio"
-            ),
-            max_psi=_number((gates.get("drift") or {}).get("maxPSI"), "drift.maxPSI"),
-            min_drift_rows=int(
-                _number((gates.get("drift") or {}).get("minRows"), "drift.minRows")
-                or DEFAULT_MIN_DRIFT_ROWS
-            ),
-            max_js_distance=_number(
-                (gates.get("divergence") or {}).get("maxJSDistance"), "divergence.maxJSDistance"
-            ),
-        )
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One gate's measurement against its threshold."""
-
-    name: str
-    value: float | None
-    threshold: float
-    verdict: Verdict
-
-    def to_status(self) -> dict[str, Any]:
-        """The gate as in `status.canary.lastAnalysis.gates[]` (no value when unmeasured)."""
-        out: dict[str, Any] = {"name": self.name}
-        if self.value is not None:
-            out["value"] = round(self.value, 6)
-        out["threshold"] = self.threshold
-        out["verdict"] = self.verdict
-        return out
 
 
 @dataclass(frozen=True)
@@ -325,9 +284,13 @@ class AnalysisResult:
 
     time: datetime
     verdict: Verdict
-    gates: tuple[GateResult, ...]
+    gates: tuple[GateVerdict, ...]
     canary_requests: int
     message: str
+    evidence: Mapping[str, Any] | None = None
+    """The accumulated evidence to persist (None: unchanged, e.g. no baseline yet)."""
+    decisive: bool = False
+    """A sequential gate failed with confidence: roll back now, no `failureLimit` applies."""
 
     def to_status(self) -> dict[str, Any]:
         """`status.canary.lastAnalysis` as in the contract."""
@@ -339,7 +302,7 @@ class AnalysisResult:
             "gates": [g.to_status() for g in self.gates],
         }
 
-    def gate(self, name: str) -> GateResult | None:
+    def gate(self, name: str) -> GateVerdict | None:
         """The named gate's result, if that gate ran."""
         return next((g for g in self.gates if g.name == name), None)
 
@@ -351,94 +314,61 @@ def inconclusive(now: datetime, message: str, canary_requests: int = 0) -> Analy
     )
 
 
-def _upper_gate(name: str, value: float | None, threshold: float) -> GateResult:
-    """A gate that fails when the value exceeds its threshold; no value is inconclusive."""
-    if value is None or math.isnan(value):
-        return GateResult(name, None, threshold, "inconclusive")
-    return GateResult(name, value, threshold, "fail" if value > threshold else "pass")
-
-
-# Why a gate may have nothing to measure, said where the user will look.
-_HINTS = {
-    "latencyP99Ratio": "latencyP99Ratio (stable revision served no requests in the window)",
-    "drift": "drift (no roost_feature_psi from the canary: is spec.model.profileUri set?)",
-    "divergence": "divergence (no roost_predictions_total from canary or stable in the window)",
-}
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+def _p99_ceiling(canary: RevisionWindow, limit: float) -> GateVerdict:
+    """Legacy point check: this interval's canary p99 against an absolute ceiling."""
+    p99 = canary.p99_seconds
+    if p99 is None:
+        words = f"p99 ceiling {limit:g} s: no requests in the interval"
+        return GateVerdict("latencyP99", "enforce", "inconclusive", margin=limit, words=words)
+    verdict = "fail" if p99 > limit else "pass"
+    where = "above" if p99 > limit else "below"
+    words = f"p99 {p99:.4g} s this interval, ceiling {limit:g} s ({where})"
+    return GateVerdict("latencyP99", "enforce", verdict, p99, None, None, limit, p99, words)
 
 
 def evaluate(
     canary: RevisionWindow,
     stable: RevisionWindow | None,
-    thresholds: GateThresholds,
+    spec: AnalysisSpec,
     now: datetime,
     notes: Sequence[str] = (),
+    evidence: Mapping[str, Any] | None = None,
 ) -> AnalysisResult:
-    """Judge the canary's window (and the stable's, for the relative gates).
+    """Add one interval to the evidence and judge the canary.
 
-    Verdict: inconclusive below `min_requests` canary requests whatever the gates say; else
-    fail if any gate fails; else inconclusive if a gate lacked data; else pass. `notes` are
-    appended to the message (e.g. pods that could not be scraped).
+    Without a stable window (the stable revision served nothing, or has no baseline yet) the
+    interval adds nothing: the comparison needs both arms over the same time. A sequential
+    gate worse than its margin fails decisively; the legacy `maxP99Seconds` ceiling fails
+    like before (`failureLimit` consecutive failures roll back). `notes` are appended to the
+    message (e.g. pods that could not be scraped or that restarted).
     """
-    total = canary.total_requests
-    hints = dict(_HINTS)
-    gates = [
-        GateResult(
-            "minRequests",
-            total,
-            float(thresholds.min_requests),
-            "pass" if total >= thresholds.min_requests else "inconclusive",
-        )
-    ]
-    if thresholds.max_error_rate is not None:
-        rate = canary.error_requests / total if total > 0 else None
-        gates.append(_upper_gate("errorRate", rate, thresholds.max_error_rate))
-    if thresholds.max_p99_seconds is not None:
-        gates.append(_upper_gate("latencyP99", canary.p99_seconds, thresholds.max_p99_seconds))
-    if thresholds.max_p99_ratio is not None:
-        ratio = None
-        if canary.p99_seconds is not None and stable is not None and stable.p99_seconds:
-            ratio = canary.p99_seconds / stable.p99_seconds
-        gates.append(_upper_gate("latencyP99Ratio", ratio, thresholds.max_p99_ratio))
-    if thresholds.max_psi is not None:
-        psi = max(canary.feature_psi.values()) if canary.feature_psi else None
-        if psi is not None and canary.drift_rows < thresholds.min_drift_rows:
-            hints["drift"] = (
-                f"drift ({int(canary.drift_rows)} rows in the canary's drift windows,"
-                f" {thresholds.min_drift_rows} needed: drift.minRows)"
-            )
-            psi = None
-        gates.append(_upper_gate("drift", psi, thresholds.max_psi))
-    if thresholds.max_js_distance is not None:
-        distance = js_distance(canary.predictions, stable.predictions) if stable else None
-        gates.append(_upper_gate("divergence", distance, thresholds.max_js_distance))
-
-    failed = [g for g in gates if g.verdict == "fail"]
-    unmeasured = [g.name for g in gates if g.verdict == "inconclusive"]
-    verdict: Verdict
-    if total < thresholds.min_requests:
-        verdict = "inconclusive"
-        message = f"{int(total)} canary requests in the window, {thresholds.min_requests} needed"
-    elif failed:
-        verdict = "fail"
-        message = "; ".join(
-            f"{g.name} {_fmt(g.value or 0.0)} > {_fmt(g.threshold)}" for g in failed
-        )
-    elif unmeasured:
-        verdict = "inconclusive"
-        message = "no data for " + ", ".join(hints.get(n, n) for n in unmeasured)
-    else:
-        verdict = "pass"
-        message = f"all gates passed on {int(total)} canary requests"
+    if stable is None:
+        why = "the stable revision served no requests this interval"
+        return inconclusive(now, "; ".join([why, *notes]), round(canary.total_requests))
+    judged = judge_interval(spec, evidence, canary.counts(), stable.counts())
+    gates = list(judged.gates)
+    verdict: Verdict = "inconclusive"
+    if judged.verdict in ("pass", "fail"):
+        verdict = "pass" if judged.verdict == "pass" else "fail"
+    message = judged.message
+    decisive = verdict == "fail"
+    lat = spec.gates.latency
+    if lat is not None and lat.max_p99_seconds is not None:
+        ceiling = _p99_ceiling(canary, lat.max_p99_seconds)
+        gates.append(ceiling)
+        if ceiling.verdict == "fail" and verdict != "fail":
+            verdict, message = "fail", ceiling.words
+        elif ceiling.verdict != "pass" and verdict == "pass":
+            verdict = "inconclusive"
+            message = ceiling.words
     if notes:
         message = "; ".join([message, *notes])
     return AnalysisResult(
         time=now,
         verdict=verdict,
         gates=tuple(gates),
-        canary_requests=round(total),
+        canary_requests=round(judged.canary_requests),
         message=message,
+        evidence=judged.evidence,
+        decisive=decisive,
     )

@@ -283,7 +283,8 @@ async def reconcile(
             canary_pods=request.canary_pods,
             stable_pods=request.stable_pods,
             window_seconds=request.analysis.interval_seconds,
-            thresholds=request.analysis.thresholds,
+            spec=request.analysis,
+            evidence=request.evidence,
             now=now,
         )
         runtime.metrics.observe_analysis(namespace, name, analysis)

@@ -138,6 +138,12 @@ def render_status(md: Mapping[str, Any]) -> str:
                 ],
             ),
         ]
+        # The sequential gates' evidence in words: estimate, interval against the margin.
+        lines += [
+            f"  {g.get('name')} ({g.get('mode', 'enforce')}): {g['message']}"
+            for g in analysis.get("gates") or []
+            if g.get("message")
+        ]
     if status.get("failedRevision"):
         lines += [
             "",

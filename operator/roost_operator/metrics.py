@@ -7,6 +7,7 @@ ModelDeployment goes away, so a long-running operator's label sets stay bounded 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
@@ -115,9 +116,11 @@ class OperatorMetrics:
         seen = self._gates.setdefault((namespace, name), set())
         for gate in result.gates:
             seen.add(gate.name)
-            self.gate_threshold.labels(namespace, name, gate.name).set(gate.threshold)
-            if gate.value is not None:
-                self.gate_value.labels(namespace, name, gate.name).set(gate.value)
+            if gate.margin is not None:
+                self.gate_threshold.labels(namespace, name, gate.name).set(gate.margin)
+            value = gate.estimate if gate.estimate is not None else gate.effect
+            if value is not None and math.isfinite(value):
+                self.gate_value.labels(namespace, name, gate.name).set(value)
 
     def observe_outcomes(self, outcomes: Iterable[str]) -> None:
         """Count finished rollouts (new `status.history` entries)."""

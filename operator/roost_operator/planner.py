@@ -76,7 +76,9 @@ class AnalysisRequest:
     canary_pods: tuple[PodTarget, ...]
     stable_pods: tuple[PodTarget, ...]
     analysis: AnalysisSpec
-    """`spec.rollout.analysis`: the source, the window (its interval) and the thresholds."""
+    """`spec.rollout.analysis`: the source, the window (its interval) and the gates."""
+    evidence: Mapping[str, Any] | None
+    """``status.canary.evidence``: the sequential tests continue from it."""
 
 
 def requests_of(annotations: Mapping[str, str]) -> dict[str, str]:
@@ -155,6 +157,7 @@ def analysis_request(
         canary_pods=canary.ready_pods,
         stable_pods=stable.ready_pods,
         analysis=p.spec.rollout.analysis,
+        evidence=p.state.canary.evidence,
     )
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from roost_operator import times
-from roost_operator.gates import GateThresholds
 
 # Names the operator sets itself; a user value would silently break the pod (a wrong host,
 # a model the revision hash does not know about), so they are refused with a hint.
@@ -107,6 +106,82 @@ class Step:
     pause_seconds: float
 
 
+GateMode = Literal["enforce", "observe"]
+"""`enforce`: the gate's verdict counts and it spends a share of `alpha`; `observe`: computed,
+shown and recorded, never changes the rollout's verdict."""
+OnInconclusive = Literal["rollback", "pause", "promote"]
+DEFAULT_MIN_DRIFT_ROWS = 200
+"""Legacy point check: below this many rows in the drift windows `maxPSI` abstains."""
+
+
+@dataclass(frozen=True)
+class ErrorRateGate:
+    """`gates.errorRate`: canary 5xx share (503/504 and 4xx apart) minus the stable's."""
+
+    margin: float = 0.005
+    """Largest tolerated excess, as a share (0.005 = 0.5 percentage points)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class LatencyGate:
+    """`gates.latency`: canary vs stable latency distribution from the histogram buckets."""
+
+    max_ratio: float | None = None
+    """The canary's `quantile` may be at most this many times the stable's (`maxP99Ratio`)."""
+    quantile: float = 0.99
+    max_p99_seconds: float | None = None
+    """Legacy absolute ceiling, a point check on each interval (uses `failureLimit`)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class DivergenceGate:
+    """`gates.divergence`: canary vs stable prediction shares per class or output bin."""
+
+    margin: float = 0.05
+    """Largest tolerated change of any one bin's share of predictions (0.05 = 5 points)."""
+    max_js_distance: float | None = None
+    """Legacy: shown beside the test as the effect size; it no longer decides."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class DriftGate:
+    """`gates.drift`: canary inputs' bin shares against the reference profile's."""
+
+    margin: float = 0.1
+    """Largest tolerated change of any feature bin's share against the profile."""
+    max_psi: float | None = None
+    """Legacy: PSI of the accumulated counts, shown as the effect size."""
+    min_rows: int = DEFAULT_MIN_DRIFT_ROWS
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class GatesSpec:
+    """`spec.rollout.analysis.gates`; a None gate is switched off."""
+
+    error_rate: ErrorRateGate | None = None
+    latency: LatencyGate | None = None
+    divergence: DivergenceGate | None = None
+    drift: DriftGate | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether any gate is configured."""
+        return any(
+            g is not None for g in (self.error_rate, self.latency, self.divergence, self.drift)
+        )
+
+    def enforced(self) -> int:
+        """How many gates spend `alpha` (observe-mode gates spend none)."""
+        # A latency gate with only the maxP99Seconds point check runs no sequential test.
+        latency = self.latency if self.latency and self.latency.max_ratio is not None else None
+        gates = (self.error_rate, latency, self.divergence, self.drift)
+        return sum(1 for g in gates if g is not None and g.mode == "enforce")
+
+
 @dataclass(frozen=True)
 class AnalysisSpec:
     """`spec.rollout.analysis`."""
@@ -115,20 +190,15 @@ class AnalysisSpec:
     prometheus_url: str = ""
     interval_seconds: float = 10.0
     failure_limit: int = 2
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any gate is configured: a step then also needs a passing analysis to end."""
-        t = self.thresholds
-        limits = (
-            t.max_error_rate,
-            t.max_p99_seconds,
-            t.max_p99_ratio,
-            t.max_psi,
-            t.max_js_distance,
-        )
-        return any(v is not None for v in limits)
+    """Consecutive failing legacy point checks (`maxP99Seconds`) that roll back."""
+    min_requests: int = 50
+    """Canary requests the rollout needs before any gate may pass (a floor, not a test)."""
+    alpha: float = 0.05
+    """Largest probability of rolling back a canary that is within every enforced margin."""
+    progress_deadline_seconds: float | None = 600.0
+    """Per step: how long (from the step's start) its gates may stay inconclusive."""
+    on_inconclusive: OnInconclusive = "rollback"
+    gates: GatesSpec = field(default_factory=GatesSpec)
 
 
 @dataclass(frozen=True)
@@ -145,13 +215,25 @@ class RolloutPolicy:
 
     @property
     def failure_limit(self) -> int:
-        """Failing analyses in a row that roll the canary back."""
+        """Failing legacy point checks in a row that roll the canary back."""
         return self.analysis.failure_limit
 
     @property
     def analysis_enabled(self) -> bool:
         """Whether gates are configured: a step then also needs a passing analysis to end."""
-        return self.analysis.enabled
+        return self.analysis.gates.any
+
+    @property
+    def progress_deadline_seconds(self) -> float | None:
+        """Per step, from when its pods are ready: how long its gates may stay inconclusive
+        (never shorter than the step's pause). None waits for a verdict however long it takes."""
+        return self.analysis.progress_deadline_seconds
+
+    @property
+    def on_inconclusive(self) -> OnInconclusive:
+        """What a step that reached its deadline without a verdict does; recorded as a
+        deadline verdict, never as a pass."""
+        return self.analysis.on_inconclusive
 
     def full_scale(self, step: int) -> bool:
         """Past the last step: full scale next to the stable revision, promoted once ready."""
@@ -267,26 +349,101 @@ def _steps(raw: Any) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def _number(raw: Mapping[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{where}.{key} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{where}.{key} must be between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _mode(raw: Mapping[str, Any], where: str) -> GateMode:
+    mode = raw.get("mode", "enforce")
+    if mode not in ("enforce", "observe"):
+        raise SpecError(f"{where}.mode must be enforce or observe, not {mode!r}")
+    return "enforce" if mode == "enforce" else "observe"
+
+
+def _gates(raw: Any) -> GatesSpec:
+    gates = raw if isinstance(raw, Mapping) else {}
+    where = "spec.rollout.analysis.gates"
+    out: dict[str, Any] = {}
+    if isinstance(e := gates.get("errorRate"), Mapping):
+        w = f"{where}.errorRate"
+        # Legacy `max` (an absolute ceiling on one window) becomes the margin over stable.
+        margin = _number(e, "margin", w, 0, 1)
+        margin = margin if margin is not None else _number(e, "max", w, 0, 1)
+        out["error_rate"] = ErrorRateGate(
+            margin=0.005 if margin is None else margin, mode=_mode(e, w)
+        )
+    if isinstance(lat := gates.get("latency"), Mapping):
+        w = f"{where}.latency"
+        ratio = _number(lat, "maxRatio", w, 1, 1e6)
+        ratio = ratio if ratio is not None else _number(lat, "maxP99Ratio", w, 1e-9, 1e6)
+        seconds = _number(lat, "maxP99Seconds", w, 1e-9, 1e6)
+        if ratio is None and seconds is None:
+            raise SpecError(f"{w} needs maxRatio (or maxP99Ratio), maxP99Seconds or both")
+        q = _number(lat, "quantile", w, 0.5, 0.999)
+        out["latency"] = LatencyGate(
+            max_ratio=None if ratio is None else max(ratio, 1.0),
+            quantile=0.99 if q is None else q,
+            max_p99_seconds=seconds,
+            mode=_mode(lat, w),
+        )
+    if isinstance(d := gates.get("divergence"), Mapping):
+        w = f"{where}.divergence"
+        margin = _number(d, "margin", w, 1e-6, 1)
+        out["divergence"] = DivergenceGate(
+            margin=0.05 if margin is None else margin,
+            max_js_distance=_number(d, "maxJSDistance", w, 0, 1),
+            mode=_mode(d, w),
+        )
+    if isinstance(dr := gates.get("drift"), Mapping):
+        w = f"{where}.drift"
+        margin = _number(dr, "margin", w, 1e-6, 1)
+        out["drift"] = DriftGate(
+            margin=0.1 if margin is None else margin,
+            max_psi=_number(dr, "maxPSI", w, 0, 1e6),
+            min_rows=_int(dr.get("minRows"), f"{w}.minRows", DEFAULT_MIN_DRIFT_ROWS, 1),
+            mode=_mode(dr, w),
+        )
+    return GatesSpec(**out)
+
+
 def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
+    where = "spec.rollout.analysis"
     source = str(raw.get("source") or "pods")
     if source not in ("pods", "prometheus"):
-        raise SpecError(f"spec.rollout.analysis.source must be pods or prometheus, not {source}")
+        raise SpecError(f"{where}.source must be pods or prometheus, not {source}")
     url = str(raw.get("prometheusUrl") or "")
     if source == "prometheus" and not url:
-        raise SpecError("spec.rollout.analysis.prometheusUrl is required when source is prometheus")
-    try:
-        thresholds = GateThresholds.from_spec(raw)
-    except ValueError as e:
-        raise SpecError(str(e)) from e
-    interval = parse_duration(raw.get("interval") or "10s", "spec.rollout.analysis.interval")
+        raise SpecError(f"{where}.prometheusUrl is required when source is prometheus")
+    interval = parse_duration(raw.get("interval") or "10s", f"{where}.interval")
     if interval <= 0:
-        raise SpecError("spec.rollout.analysis.interval must be longer than zero")
+        raise SpecError(f"{where}.interval must be longer than zero")
+    alpha = _number(raw, "alpha", where, 1e-6, 0.5)
+    deadline = raw.get("progressDeadline", "10m")
+    on_inconclusive = raw.get("onInconclusive", "rollback")
+    if on_inconclusive not in ("rollback", "pause", "promote"):
+        raise SpecError(
+            f"{where}.onInconclusive must be rollback, pause or promote, not {on_inconclusive!r}"
+        )
     return AnalysisSpec(
         source=source,
         prometheus_url=url,
         interval_seconds=interval,
-        failure_limit=_int(raw.get("failureLimit"), "spec.rollout.analysis.failureLimit", 2, 1),
-        thresholds=thresholds,
+        failure_limit=_int(raw.get("failureLimit"), f"{where}.failureLimit", 2, 1),
+        min_requests=_int(raw.get("minRequests"), f"{where}.minRequests", 50),
+        alpha=0.05 if alpha is None else alpha,
+        # An empty or zero deadline means "wait for a verdict however long it takes".
+        progress_deadline_seconds=parse_duration(deadline, f"{where}.progressDeadline") or None
+        if deadline
+        else None,
+        on_inconclusive=on_inconclusive,
+        gates=_gates(raw.get("gates")),
     )
 
 

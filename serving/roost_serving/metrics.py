@@ -13,7 +13,18 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-"""Seconds; shared with the operator's latency gate (it reads these histograms)."""
+"""Seconds; the queue-wait histogram's buckets (coarse: nothing judges it)."""
+
+LATENCY_RATIO = 1.3**0.5
+"""Neighbouring request-latency bucket bounds differ by this factor (about 1.14).
+
+The operator's latency gate compares the canary's share of requests above ``r x L`` with the
+stable's share above ``L`` for bucket bounds ``L``; it rounds a ratio margin ``r`` up to a power
+of this factor, so ``maxRatio: 1.3`` (two buckets) is tested exactly and the smallest ratio the
+gate can resolve is about 1.14 (docs/analysis.md)."""
+
+REQUEST_BUCKETS = tuple(round(0.0005 * LATENCY_RATIO**k, 7) for k in range(76))
+"""0.5 ms to about 10 s in steps of `LATENCY_RATIO`: the request-latency histogram."""
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 """Rows per onnxruntime run."""
@@ -36,7 +47,7 @@ class ServingMetrics:
             "roost_request_duration_seconds",
             "Inference request latency, end to end inside the server.",
             labels,
-            buckets=LATENCY_BUCKETS,
+            buckets=REQUEST_BUCKETS,
             registry=registry,
         ).labels(model, revision)
         self.queue_duration = Histogram(

@@ -15,6 +15,12 @@ Series (labels ``model``, ``revision``; see the contract in ``docs/architecture.
 - ``roost_drift_window_rows``: rows currently in the window.
 - ``roost_predictions_total{bin}``: cumulative predictions per class label (classifier) or
   per bin index ``0..n`` of the profile's output edges (regressor); anything else is ``other``.
+- ``roost_feature_bin_total{feature,bin}``: cumulative rows per feature bin (index ``0..k`` of
+  the profile's bins, or ``missing``), beside the sliding window: the operator's drift gate
+  accumulates their increases over a rollout, so its evidence never mixes in rows from before
+  the step the way the window does.
+- ``roost_feature_reference_share{feature,bin}``: the profile's share of each bin, so the
+  operator judges drift without fetching the profile itself.
 """
 
 from __future__ import annotations
@@ -135,6 +141,7 @@ class DriftMonitor(Collector):
         self._features = features[:MAX_FEATURES]
         self._plan_layout()
         self._window = BinnedWindow(window, len(self._features), self._n_slots)
+        self._bin_totals = np.zeros(self._n_slots, dtype=np.int64)
         self._plan_prediction()
         if profile is not None:
             registry.register(self)
@@ -235,8 +242,10 @@ class DriftMonitor(Collector):
         else:
             slots = self._gather(inputs, n)
         pred_bins = self._prediction_bins(outputs, n)
+        totals = np.bincount(slots.ravel(), minlength=self._n_slots)
         with self._lock:
             self._window.push(slots)
+            self._bin_totals += totals
             if pred_bins is not None:
                 self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
 
@@ -318,24 +327,51 @@ class DriftMonitor(Collector):
             counts = self._pred_counts.copy()
         return {b: int(c) for b, c in zip(self._bins, counts, strict=True)}
 
+    def bin_totals(self) -> dict[str, dict[str, int]]:
+        """Cumulative rows per feature and bin label (``0..k`` or ``missing``)."""
+        with self._lock:
+            totals = self._bin_totals.copy()
+        real = int(self._offsets[-1])
+        out: dict[str, dict[str, int]] = {}
+        for i, f in enumerate(self._features):
+            live = totals[self._offsets[i] : self._offsets[i + 1]]
+            bins = {str(b): int(c) for b, c in enumerate(live)}
+            bins["missing"] = int(totals[real + i])
+            out[f.name] = bins
+        return out
+
     def describe(self) -> Iterable[Metric]:
         """Metric families without samples, so registering never runs a scrape."""
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         """Compute the drift series from the current window (called on every scrape)."""
-        psi_f, ks_f, rows_f, pred_f = self._families()
+        psi_f, ks_f, rows_f, pred_f, bins_f, ref_f = self._families()
         for name, (p, k) in self.statistics().items():
             psi_f.add_metric([*self._labels, name], p)
             ks_f.add_metric([*self._labels, name], k)
         rows_f.add_metric(self._labels, float(self._window.rows))
         for b, c in self.prediction_counts().items():
             pred_f.add_metric([*self._labels, b], float(c))
-        return [psi_f, ks_f, rows_f, pred_f]
+        for i, (name, bins) in enumerate(self.bin_totals().items()):
+            ref = self._reference[i]
+            share = ref / ref.sum() if ref.sum() > 0 else ref
+            for b, c in bins.items():
+                bins_f.add_metric([*self._labels, name, b], float(c))
+                if b != "missing":
+                    ref_f.add_metric([*self._labels, name, b], float(share[int(b)]))
+        return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f]
 
     def _families(
         self,
-    ) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+    ) -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+    ]:
         base = ["model", "revision"]
         return (
             GaugeMetricFamily(
@@ -355,6 +391,16 @@ class DriftMonitor(Collector):
                 "roost_predictions",
                 "Predictions per class label (classifier) or output bin (regressor)",
                 labels=[*base, "bin"],
+            ),
+            CounterMetricFamily(
+                "roost_feature_bin",
+                "Rows per feature bin of the reference profile, cumulative since start",
+                labels=[*base, "feature", "bin"],
+            ),
+            GaugeMetricFamily(
+                "roost_feature_reference_share",
+                "The reference profile's share of rows in each feature bin",
+                labels=[*base, "feature", "bin"],
             ),
         )
 

@@ -19,18 +19,27 @@ import yaml
 from metrics_pods import ServingPod
 from roost_devcluster.net import free_port
 from roost_operator.analysis import PrometheusSource
-from roost_operator.gates import AnalysisResult, GateThresholds
+from roost_operator.gates import AnalysisResult
+from roost_operator.spec import AnalysisSpec, parse_spec
 
 pytestmark = pytest.mark.e2e
 
-THRESHOLDS = GateThresholds(
-    min_requests=50,
-    max_error_rate=0.05,
-    max_p99_seconds=0.5,
-    max_p99_ratio=3.0,
-    max_psi=0.25,
-    max_js_distance=0.3,
-)
+
+def _spec(margin: float = 0.02, min_requests: int = 50) -> AnalysisSpec:
+    analysis = {
+        "alpha": 0.01,
+        "minRequests": min_requests,
+        "gates": {
+            "errorRate": {"margin": margin},
+            "latency": {"maxRatio": 1.3, "maxP99Seconds": 0.5},
+            "divergence": {"margin": 0.2},
+        },
+    }
+    raw = {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": analysis}}
+    return parse_spec(raw).analysis
+
+
+SPEC = _spec()
 
 
 @pytest.fixture
@@ -97,7 +106,7 @@ async def _until(source: PrometheusSource, promql: str, expected: float) -> None
     raise AssertionError(f"prometheus never answered {expected} to {promql}")
 
 
-async def _analyse(source: PrometheusSource, thresholds: GateThresholds) -> AnalysisResult:
+async def _analyse(source: PrometheusSource, spec: AnalysisSpec) -> AnalysisResult:
     return await source.analyse(
         namespace="ml",
         name="iris",
@@ -106,7 +115,8 @@ async def _analyse(source: PrometheusSource, thresholds: GateThresholds) -> Anal
         canary_pods=[],
         stable_pods=[],
         window_seconds=60,
-        thresholds=thresholds,
+        spec=spec,
+        evidence=None,
         now=datetime.now(UTC),
     )
 
@@ -119,33 +129,35 @@ async def test_prometheus_source_judges_the_canary(
     try:
         # Two scrapes of the all-zero series first, so increase() sees the traffic start.
         await _until(source, 'count(count_over_time(roost_requests_total{code="200"}[1m]) >= 2)', 2)
-        canary.serve(90, prediction="0")
-        canary.serve(90, prediction="1")
-        canary.serve(20, code="500")
-        canary.drift({"f0": 0.05, "f1": 0.1}, rows=200)
+        canary.serve(70, prediction="0")
+        canary.serve(70, prediction="1")
+        canary.serve(60, code="500")
+        canary.serve(10, code="400")  # client errors: counted, never judged
         stable.serve(150, prediction="0")
         stable.serve(150, prediction="1")
-        stable.drift({"f0": 0.01}, rows=300)
-        await _until(source, 'sum(roost_requests_total{revision="canary1234"})', 200)
+        await _until(source, 'sum(roost_requests_total{revision="canary1234"})', 210)
         await _until(source, 'sum(roost_requests_total{revision="stable5678"})', 300)
 
-        result = await _analyse(source, THRESHOLDS)
+        result = await _analyse(source, SPEC)
         assert result.verdict == "fail", result.message
+        assert result.decisive
         gates = {g.name: g for g in result.gates}
         assert [n for n, g in gates.items() if g.verdict == "fail"] == ["errorRate"]
-        # Both code series share scrape timestamps, so extrapolation cancels in the ratio.
-        assert gates["errorRate"].value == pytest.approx(0.1, rel=1e-3)
-        # All requests took 4 ms, in the (3 ms, 5 ms] bucket: 0.003 + 0.002 * 0.99.
-        assert gates["latencyP99"].value == pytest.approx(0.00498, rel=1e-6)
-        assert gates["latencyP99Ratio"].value == pytest.approx(1.0, rel=1e-6)
-        assert gates["drift"].value == pytest.approx(0.1)
-        assert gates["divergence"].value == pytest.approx(0.0, abs=1e-3)
-        assert result.canary_requests >= 200  # increase() extrapolates a little past the data
-        assert result.message.startswith("errorRate ")
+        # Both code series share scrape timestamps, so extrapolation cancels in the shares.
+        assert gates["errorRate"].estimate == pytest.approx(60 / 210, rel=1e-3)
+        assert "10 4xx" in gates["errorRate"].words
+        # All requests took 4 ms: the legacy ceiling reads the interval's p99 from the buckets.
+        p99 = gates["latencyP99"].estimate
+        assert p99 is not None
+        assert 0.003 < p99 < 0.005
+        assert gates["divergence"].effect == pytest.approx(0.0, abs=1e-3)
+        assert result.canary_requests >= 210  # increase() extrapolates a little past the data
+        assert result.evidence is not None
+        assert "until" in result.evidence  # the next interval starts where this one ended
 
-        relaxed = await _analyse(source, GateThresholds(min_requests=50, max_error_rate=0.2))
-        assert relaxed.verdict == "pass", relaxed.message
-        starved = await _analyse(source, GateThresholds(min_requests=10_000, max_error_rate=0.2))
+        relaxed = await _analyse(source, _spec(margin=0.5))
+        assert relaxed.verdict != "fail", relaxed.message
+        starved = await _analyse(source, _spec(margin=0.5, min_requests=10_000))
         assert starved.verdict == "inconclusive"
         assert "10000 needed" in starved.message
     finally:
@@ -155,7 +167,7 @@ async def test_prometheus_source_judges_the_canary(
 async def test_unreachable_prometheus_is_inconclusive() -> None:
     source = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
     try:
-        result = await _analyse(source, THRESHOLDS)
+        result = await _analyse(source, SPEC)
     finally:
         await source.close()
     assert result.verdict == "inconclusive"

@@ -17,7 +17,8 @@ from typing import Any, cast
 import pytest
 from crd_install import install_crd
 from kubernetes import client
-from roost_operator.gates import GateThresholds, RevisionWindow, evaluate
+from roost_operator.gates import RevisionWindow, evaluate
+from roost_operator.spec import parse_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -105,10 +106,14 @@ def test_status_and_history_read_a_real_status(
 ) -> None:
     assert "No revision serves yet." in _roost(kubeconfig, namespace, "status", "iris")
     # The status as the operator writes it, through the status subresource and its schema.
+    gates = {"errorRate": {"margin": 0.05}, "latency": {"maxP99Seconds": 0.5}}
+    spec = parse_spec(
+        {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": {"gates": gates}}}
+    )
     analysis = evaluate(
-        RevisionWindow(requests={"200": 80, "500": 20}, p99_seconds=0.01),
-        RevisionWindow(requests={"200": 300}, p99_seconds=0.01),
-        GateThresholds(max_error_rate=0.05, max_p99_ratio=3.0),
+        RevisionWindow(requests={"200": 800, "500": 200}, p99_seconds=0.01),
+        RevisionWindow(requests={"200": 3000}, p99_seconds=0.01),
+        spec.rollout.analysis,
         datetime(2026, 3, 1, 12, 0, 50, tzinfo=UTC),
     )
     status = {
@@ -127,6 +132,7 @@ def test_status_and_history_read_a_real_status(
             "consecutiveFailures": 1,
             "analysisCount": 3,
             "lastAnalysis": analysis.to_status(),
+            "evidence": analysis.evidence,
         },
         "history": [
             {
@@ -158,14 +164,16 @@ def test_status_and_history_read_a_real_status(
         _content_type="application/merge-patch+json",
     )
     # Nothing of the analysis was pruned by the schema.
-    stored = _get(kube, namespace)["status"]["canary"]["lastAnalysis"]
-    assert stored == analysis.to_status()
+    stored = _get(kube, namespace)["status"]["canary"]
+    assert stored["lastAnalysis"] == analysis.to_status()
+    assert stored["evidence"] == analysis.evidence
 
     out = _roost(kubeconfig, namespace, "status", "iris")
     assert "a1b2c3d4e5  canary  25%" in out
     assert "5f2c1a9b0d  stable  75%" in out
-    assert "Last analysis 2026-03-01T12:00:50Z: fail (errorRate 0.2 > 0.05)" in out
-    assert any(line.split() == ["errorRate", "0.2", "0.05", "fail"] for line in out.splitlines())
+    assert "Last analysis 2026-03-01T12:00:50Z: fail (5xx +20.00 pp" in out
+    assert "errorRate (enforce): 5xx +20.00 pp [" in out
+    assert "margin +5.00 pp: worse than margin" in out
 
     plot = tmp_path / "history.png"
     out = _roost(kubeconfig, namespace, "history", "iris", "--plot", str(plot))

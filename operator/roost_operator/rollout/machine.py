@@ -258,7 +258,11 @@ def _record(t: _Tick, state: RolloutState, analysis: AnalysisResult) -> RolloutS
     elif analysis.verdict == "pass":
         failures = 0
     c = replace(
-        c, analysis_count=c.analysis_count + 1, last_analysis=record, consecutive_failures=failures
+        c,
+        analysis_count=c.analysis_count + 1,
+        last_analysis=record,
+        consecutive_failures=failures,
+        evidence=dict(analysis.evidence) if analysis.evidence is not None else c.evidence,
     )
     return replace(state, canary=c)
 
@@ -295,6 +299,11 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         assert c is not None
         assert c.last_analysis is not None
         if obs.analysis.verdict == "fail":
+            if obs.analysis.decisive:
+                # A sequential gate is worse than its margin with confidence: the test already
+                # bounds false alarms over every look, so no failureLimit is needed on top.
+                reason = failure_reason(c.last_analysis, 1)
+                return t.roll_back(state, "RolledBack", reason)
             if c.consecutive_failures >= policy.failure_limit:
                 reason = failure_reason(c.last_analysis, c.consecutive_failures)
                 return t.roll_back(state, "RolledBack", reason)
@@ -314,7 +323,10 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
         return t.steady(t.promote(state, f"ready at full scale ({why})"))
     pause_over = obs.now >= c.step_started_at + timedelta(seconds=policy.pause_seconds(c.step))
-    if ready and pause_over and _step_passed(policy, c):
+    step_passed = _step_passed(policy, c)
+    if ready and pause_over and not step_passed and _deadline_over(policy, c, obs.now):
+        return _deadline(t, state)
+    if ready and pause_over and step_passed:
         if c.step + 1 >= len(policy.steps):
             c = replace(c, promotion=f"passed all {len(policy.steps)} steps")
             return _scale_up_then_promote(t, replace(state, canary=c))
@@ -336,6 +348,40 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
         return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
     return _running(t, state)
+
+
+def _deadline_over(policy: RolloutPolicy, c: CanaryState, now: datetime) -> bool:
+    """Whether the step's gates stayed inconclusive past `progress_deadline_seconds`."""
+    deadline = policy.progress_deadline_seconds
+    if deadline is None or not policy.analysis_enabled or policy.full_scale(c.step):
+        return False
+    limit = max(deadline, policy.pause_seconds(c.step))
+    return now >= c.step_started_at + timedelta(seconds=limit)
+
+
+def _deadline(t: _Tick, state: RolloutState) -> Decision:
+    """`onInconclusive`: what a step does when its deadline passes without a verdict."""
+    policy = t.policy
+    c = state.canary
+    assert c is not None
+    last = (c.last_analysis or {}).get("message") or "no analysis"
+    limit = seconds(max(policy.progress_deadline_seconds or 0.0, policy.pause_seconds(c.step)))
+    why = f"progress deadline {limit} passed at {at_step(policy, c)} without a verdict ({last})"
+    if policy.on_inconclusive == "rollback":
+        t.emit("Warning", "ProgressDeadlineExceeded", f"{why}; onInconclusive: rollback")
+        return t.roll_back(
+            state, "RolledBack", f"deadline verdict (onInconclusive: rollback): {why}"
+        )
+    if policy.on_inconclusive == "promote":
+        t.emit("Warning", "ProgressDeadlineExceeded", f"{why}; onInconclusive: promote")
+        # status.canary.promotion holds at most 256 characters: the analysis is in the event.
+        reason = (
+            f"deadline verdict (onInconclusive: promote), not a pass: progress deadline {limit}"
+        )
+        return _scale_up_then_promote(t, replace(state, canary=replace(c, promotion=reason)))
+    message = f"{why}; onInconclusive: pause (the gates keep judging; promote or abort by hand)"
+    decision = _running(t, state)
+    return replace(decision, stalled=decision.stalled or ("ProgressDeadlineExceeded", message))
 
 
 def _promotion_requested(t: _Tick, state: RolloutState) -> RolloutState:

@@ -27,6 +27,9 @@ _GATE_FORMAT: dict[str, tuple[str, Any]] = {
 
 def describe_gate(gate: Mapping[str, Any]) -> str:
     """One gate of `lastAnalysis.gates`, e.g. ``PSI 0.91 > 0.25`` or ``p99 12 ms ≤ 500 ms``."""
+    if gate.get("message"):
+        # Sequential gates say it in words: estimate, interval vs margin, how sure.
+        return str(gate["message"])
     name = str(gate.get("name", "?"))
     label, fmt = _GATE_FORMAT.get(name, (name, _num))
     value, threshold = gate.get("value"), gate.get("threshold")
@@ -49,11 +52,14 @@ def describe_analysis(analysis: Mapping[str, Any], failures: int, limit: int) ->
     verdict = analysis.get("verdict")
     if verdict == "pass":
         shown = [describe_gate(g) for g in _gates(analysis) if g.get("name") != "minRequests"]
-        detail = f" ({', '.join(shown)})" if shown else ""
+        detail = f" ({'; '.join(shown)})" if shown else ""
         return f"analysis passed on {analysis.get('canaryRequests', 0)} canary requests{detail}"
     if verdict == "fail":
-        failed = "; ".join(describe_gate(g) for g in _gates(analysis, "fail"))
+        failed_gates = _gates(analysis, "fail")
+        failed = "; ".join(describe_gate(g) for g in failed_gates)
         detail = failed or str(analysis.get("message", ""))
+        if any("lower" in g for g in failed_gates):
+            return f"analysis failed with confidence ({detail})"
         return f"analysis failed, {failures} of {limit} in a row roll back ({detail})"
     return f"analysis inconclusive ({analysis.get('message') or 'no data'})"
 

@@ -43,6 +43,9 @@ class CanaryState:
     analysis_count: int
     last_analysis: dict[str, Any] | None
     """`AnalysisResult.to_status()` of the latest analysis."""
+    evidence: dict[str, Any] | None = None
+    """The sequential gates' accumulated evidence over the whole rollout
+    (`roost_operator.verdicts`), so a restarted operator continues the same tests."""
     promotion: str | None = None
     """The reason it will be promoted with, set when it starts growing to full scale.
 
@@ -116,6 +119,7 @@ class RolloutState:
                 consecutive_failures=max(_int(c, "consecutiveFailures"), 0),
                 analysis_count=max(_int(c, "analysisCount"), 0),
                 last_analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
+                evidence=dict(c["evidence"]) if isinstance(c.get("evidence"), Mapping) else None,
                 promotion=_text(c, "promotion") or None,
             )
         history = []
@@ -156,6 +160,7 @@ class RolloutState:
                 "consecutiveFailures": c.consecutive_failures,
                 "analysisCount": c.analysis_count,
                 "lastAnalysis": dict(c.last_analysis) if c.last_analysis is not None else None,
+                "evidence": dict(c.evidence) if c.evidence is not None else None,
                 "promotion": c.promotion,
             }
             if c

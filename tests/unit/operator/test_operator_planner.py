@@ -280,7 +280,9 @@ class TestCanary:
         assert request.canary_revision == canary_rev
         assert [p.ip for p in request.canary_pods] == ["127.0.10.9"]
         assert len(request.stable_pods) == 3
-        assert request.analysis.thresholds.max_error_rate == 0.1
+        assert request.analysis.gates.error_rate is not None
+        assert request.analysis.gates.error_rate.margin == 0.1  # legacy `max` is the margin
+        assert request.evidence is None  # a new canary starts its tests afresh
 
     def test_rollback_keeps_ready_while_the_stable_revision_grows_back(self) -> None:
         plan, stable_rev = settle(self.spec, 4)

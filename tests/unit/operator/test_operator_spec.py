@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from roost_operator import conditions
 from roost_operator.revision import compute_revision
-from roost_operator.spec import SpecError, parse_duration, parse_spec
+from roost_operator.spec import (
+    DivergenceGate,
+    ErrorRateGate,
+    LatencyGate,
+    SpecError,
+    parse_duration,
+    parse_spec,
+)
 
 BASE: dict[str, Any] = {"model": {"uri": "s3://bucket/wine/model.onnx"}}
 
@@ -35,8 +42,50 @@ class TestParseSpec:
             }
         )
         assert [(st.weight, st.pause_seconds) for st in s.rollout.steps] == [(20, 30.0), (50, 90.0)]
-        assert s.rollout.analysis.thresholds.max_error_rate == 0.05
+        assert s.rollout.analysis.gates.error_rate == ErrorRateGate(margin=0.05)
         assert s.rollout.analysis.interval_seconds == 5
+
+    def test_sequential_gate_settings(self) -> None:
+        analysis = {
+            "alpha": 0.01,
+            "progressDeadline": "5m",
+            "onInconclusive": "pause",
+            "gates": {
+                "errorRate": {"margin": 0.005, "mode": "observe"},
+                "latency": {"maxP99Ratio": 1.3, "maxP99Seconds": 0.5},
+                "divergence": {"maxJSDistance": 0.2},
+                "drift": {"maxPSI": 0.25, "margin": 0.2},
+            },
+        }
+        a = parse_spec({**BASE, "rollout": {"analysis": analysis}}).rollout.analysis
+        assert a.alpha == 0.01
+        assert a.progress_deadline_seconds == 300
+        assert a.on_inconclusive == "pause"
+        assert a.gates.enforced() == 3  # the observe-mode error gate spends no alpha
+        assert a.gates.latency == LatencyGate(max_ratio=1.3, max_p99_seconds=0.5)
+        assert a.gates.divergence == DivergenceGate(margin=0.05, max_js_distance=0.2)
+        assert a.gates.drift is not None
+        assert a.gates.drift.margin == 0.2
+        defaults = parse_spec(BASE).rollout.analysis
+        assert defaults.progress_deadline_seconds == 600
+        assert defaults.on_inconclusive == "rollback"
+        assert not defaults.gates.any
+        no_deadline = {"rollout": {"analysis": {"progressDeadline": "0s"}}}
+        assert parse_spec({**BASE, **no_deadline}).rollout.analysis.progress_deadline_seconds is None
+
+    @pytest.mark.parametrize(
+        ("analysis", "message"),
+        [
+            ({"alpha": 0.9}, "alpha must be between"),
+            ({"onInconclusive": "wait"}, "onInconclusive must be rollback, pause or promote"),
+            ({"gates": {"errorRate": {"mode": "warn"}}}, "errorRate.mode must be enforce or"),
+            ({"gates": {"latency": {}}}, "needs maxRatio"),
+            ({"gates": {"divergence": {"margin": "5%"}}}, "divergence.margin must be a number"),
+        ],
+    )
+    def test_bad_gate_settings(self, analysis: dict[str, object], message: str) -> None:
+        with pytest.raises(SpecError, match=message):
+            parse_spec({**BASE, "rollout": {"analysis": analysis}})
 
     @pytest.mark.parametrize(
         ("raw", "message"),

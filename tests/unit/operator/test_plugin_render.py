@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from roost_operator.gates import GateResult
+from gate_results import point_gate
 from roost_operator.kubectl_plugin import (
     _parser,
     render_history,
@@ -55,9 +55,9 @@ MID_ROLLOUT: dict[str, Any] = {
                 "message": "errorRate 0.12 > 0.05",
                 "canaryRequests": 210,
                 "gates": [
-                    GateResult("minRequests", 210.0, 50.0, "pass").to_status(),
-                    GateResult("errorRate", 0.1190476, 0.05, "fail").to_status(),
-                    GateResult("drift", None, 0.25, "inconclusive").to_status(),
+                    point_gate("minRequests", 210.0, 50.0, "pass").to_status(),
+                    point_gate("errorRate", 0.1190476, 0.05, "fail").to_status(),
+                    point_gate("drift", None, 0.25, "inconclusive").to_status(),
                 ],
             },
         },

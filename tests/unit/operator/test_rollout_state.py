@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from gate_results import point_gate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from policies import rollout_policy
-from roost_operator.gates import AnalysisResult, GateResult, Verdict
+from roost_operator.gates import AnalysisResult, Verdict
 from roost_operator.rollout import (
     HISTORY_LIMIT,
     CanaryState,
@@ -51,7 +52,7 @@ times = st.datetimes(
 revision_refs = st.sampled_from(REVISIONS)
 verdicts = st.sampled_from(["pass", "fail", "inconclusive"])
 gate_results = st.builds(
-    GateResult,
+    point_gate,
     name=st.sampled_from(["minRequests", "errorRate", "latencyP99", "drift", "divergence"]),
     value=st.none() | st.floats(0, 1000, allow_nan=False),
     threshold=st.floats(0, 1000, allow_nan=False),
@@ -151,7 +152,7 @@ def walks(draw: st.DrawFn) -> tuple[RolloutPolicy, list[Observations]]:
     for i in range(len(gaps)):
         now = T0 + timedelta(seconds=sum(gaps[: i + 1]))
         verdict: Verdict = draw(st.sampled_from(["pass", "pass", "fail", "inconclusive"]))
-        analysis = AnalysisResult(now, verdict, (GateResult("drift", 0.5, 0.25, verdict),), 99, "")
+        analysis = AnalysisResult(now, verdict, (point_gate("drift", 0.5, 0.25, verdict),), 99, "")
         ticks.append(
             Observations(
                 desired=REVISIONS[0]
@@ -298,7 +299,7 @@ def _mid_rollout() -> RolloutState:
         consecutive_failures=1,
         analysis_count=7,
         last_analysis=AnalysisResult(
-            T0, "fail", (GateResult("drift", 0.4, 0.25, "fail"),), 80, "drift 0.4 > 0.25"
+            T0, "fail", (point_gate("drift", 0.4, 0.25, "fail"),), 80, "drift 0.4 > 0.25"
         ).to_status(),
     )
     return RolloutState(REVISIONS[0], canary, None, (), {})

@@ -12,8 +12,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from gate_results import point_gate
 from policies import rollout_policy
-from roost_operator.gates import AnalysisResult, GateResult
+from roost_operator.gates import AnalysisResult
 from roost_operator.rollout import (
     HISTORY_LIMIT,
     READINESS_POLL_SECONDS,
@@ -48,9 +49,9 @@ def passed(when: float, requests: int = 120) -> AnalysisResult:
         time=at(when),
         verdict="pass",
         gates=(
-            GateResult("minRequests", float(requests), 50.0, "pass"),
-            GateResult("errorRate", 0.002, 0.05, "pass"),
-            GateResult("latencyP99", 0.012, 0.5, "pass"),
+            point_gate("minRequests", float(requests), 50.0, "pass"),
+            point_gate("errorRate", 0.002, 0.05, "pass"),
+            point_gate("latencyP99", 0.012, 0.5, "pass"),
         ),
         canary_requests=requests,
         message=f"all gates passed on {requests} canary requests",
@@ -62,8 +63,8 @@ def drifted(when: float) -> AnalysisResult:
         time=at(when),
         verdict="fail",
         gates=(
-            GateResult("minRequests", 200.0, 50.0, "pass"),
-            GateResult("drift", 0.91, 0.25, "fail"),
+            point_gate("minRequests", 200.0, 50.0, "pass"),
+            point_gate("drift", 0.91, 0.25, "fail"),
         ),
         canary_requests=200,
         message="drift 0.91 > 0.25",
@@ -74,7 +75,7 @@ def too_few(when: float) -> AnalysisResult:
     return AnalysisResult(
         time=at(when),
         verdict="inconclusive",
-        gates=(GateResult("minRequests", 3.0, 50.0, "inconclusive"),),
+        gates=(point_gate("minRequests", 3.0, 50.0, "inconclusive"),),
         canary_requests=3,
         message="3 canary requests in the window, 50 needed",
     )
@@ -243,7 +244,7 @@ class TestAnalysis:
         assert d.progressing == (
             "CanaryProgressing",
             "Canary 2222222222 at step 1/2 (weight 20%): analysis passed on 120 canary requests "
-            "(error rate 0.2% ≤ 5%, p99 12 ms ≤ 500 ms); pause ends in 20s",
+            "(error rate 0.2% ≤ 5%; p99 12 ms ≤ 500 ms); pause ends in 20s",
         )
 
     def test_pause_elapsed_and_pass_advance_to_next_step(self) -> None:

@@ -175,3 +175,23 @@ def test_integer_labels_outside_the_profile_count_as_other() -> None:
     labels = np.array([-1, 0, 2, 3, 1 << 40], dtype=np.int64)
     mon.observe({"X": np.zeros((5, 1), dtype=np.float32)}, {"label": labels})
     assert mon.prediction_counts() == {"0": 1, "1": 0, "2": 1, "other": 3}
+
+
+def test_bin_counters_accumulate_beside_the_window_with_the_reference_shares() -> None:
+    mon, reg = monitor(Profile(rows=10, features=(F0, COLOR), prediction=CLASSES), window=2)
+    x = [[-1.0], [0.5], [0.7], [np.nan]]
+    inputs = {"X": np.asarray(x), "color": np.asarray(["red", "red", "teal", "blue"], dtype=object)}
+    mon.observe(inputs, {"label": np.array([0, 0, 1, 1])})
+    mon.observe(inputs, {"label": np.array([0, 0, 1, 1])})
+    # The window holds 2 rows; the counters every row since the start.
+    assert value(reg, "roost_drift_window_rows") == 2
+    assert value(reg, "roost_feature_bin_total", feature="f0", bin="0") == 2
+    assert value(reg, "roost_feature_bin_total", feature="f0", bin="1") == 4
+    assert value(reg, "roost_feature_bin_total", feature="f0", bin="2") == 0
+    assert value(reg, "roost_feature_bin_total", feature="f0", bin="missing") == 2
+    assert value(reg, "roost_feature_bin_total", feature="color", bin="2") == 2  # other
+    assert value(reg, "roost_feature_reference_share", feature="f0", bin="1") == 0.5
+    assert value(reg, "roost_feature_reference_share", feature="color", bin="2") == pytest.approx(
+        0.1
+    )
+    assert value(reg, "roost_feature_reference_share", feature="f0", bin="missing") is None

@@ -344,7 +344,11 @@ def test_metrics_endpoint_and_values(
     assert server.metric("roost_model_load_duration_seconds", **labels) > 0
     text = httpx.get(server.url + "/metrics").text
     assert 'roost_requests_total{code="200",model="forest",revision="r1"} 3.0' in text
-    assert 'roost_request_duration_seconds_bucket{le="0.0075",model="forest",revision="r1"}' in text
+    # The fine request-latency buckets the operator's latency gate needs (x1.14 apart).
+    assert (
+        'roost_request_duration_seconds_bucket{le="0.00065",model="forest",revision="r1"}' in text
+    )
+    assert 'roost_queue_duration_seconds_bucket{le="0.0075",model="forest",revision="r1"}' in text
 
 
 class _HeldModelHandler(http.server.BaseHTTPRequestHandler):
