@@ -36,7 +36,7 @@ def _spec(margin: float = 0.02, min_requests: int = 50) -> AnalysisSpec:
         },
     }
     raw = {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": analysis}}
-    return parse_spec(raw).analysis
+    return parse_spec(raw).rollout.analysis
 
 
 SPEC = _spec()

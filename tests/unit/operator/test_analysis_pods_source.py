@@ -31,7 +31,7 @@ def _spec(gates: dict[str, Any] | None = None, **analysis: Any) -> AnalysisSpec:
     raw = {"alpha": 0.01, "minRequests": 50, "gates": GATES if gates is None else gates}
     return parse_spec(
         {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": raw | analysis}}
-    ).analysis
+    ).rollout.analysis
 
 
 SPEC = _spec()
