@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +26,9 @@ from kubernetes.client.exceptions import ApiException
 
 from roost_operator import planner
 from roost_operator.analysis import AnalysisSources, PodTarget
-from roost_operator.applier import Applier, collection_path
+from roost_operator.applier import MD_PATH, Applier, collection_path
 from roost_operator.builders import LABEL_MD
+from roost_operator.gates import AnalysisResult
 from roost_operator.metrics import OperatorMetrics, new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
 from roost_operator.spec import SpecError, parse_spec
@@ -37,6 +38,9 @@ RESYNC_SECONDS = 300.0
 # Pod and Deployment events come in bursts (a rollout touches several at once): one
 # reconciliation after a short quiet period does the work of many.
 DEBOUNCE_SECONDS = 0.2
+# A status write that lost a race is planned again on fresh state; more than a few losses in
+# a row means a hot loop with another writer, which a TemporaryError backs off from.
+CONFLICT_RETRIES = 3
 ChildIndexKey = tuple[str, str]
 
 
@@ -60,8 +64,13 @@ class Runtime:
     sources: AnalysisSources
     metrics: OperatorMetrics
     wakers: dict[ChildIndexKey, asyncio.Event] = field(default_factory=dict)
-    written: dict[ChildIndexKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    """Per ModelDeployment: (resourceVersion the status was written over, that status)."""
+    written: dict[ChildIndexKey, tuple[str, dict[str, Any], str]] = field(default_factory=dict)
+    """Per ModelDeployment: (resourceVersion the status was written over, that status, the
+    resourceVersion the write made)."""
+    failing: dict[ChildIndexKey, tuple[float, int, str]] = field(default_factory=dict)
+    """Per ModelDeployment whose reconciliations fail: (since, how many, the last error)."""
+    resumed: set[ChildIndexKey] = field(default_factory=set)
+    """ModelDeployments whose rollout this process has picked up (one event each)."""
 
 
 def _kube_client() -> client.ApiClient:
@@ -270,6 +279,23 @@ async def _http_routes(runtime: Runtime, md: ModelDeploymentObject) -> list[dict
     return found
 
 
+def _md_object(obj: Mapping[str, Any], status: dict[str, Any]) -> ModelDeploymentObject:
+    meta = obj.get("metadata") or {}
+    return ModelDeploymentObject(
+        name=str(meta.get("name")),
+        namespace=str(meta.get("namespace")),
+        uid=str(meta.get("uid")),
+        generation=int(meta.get("generation") or 0),
+        spec=dict(obj.get("spec") or {}),
+        status=status,
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def _last_analysis(status: Mapping[str, Any]) -> Any:
+    return (status.get("canary") or {}).get("lastAnalysis")
+
+
 async def reconcile(
     runtime: Runtime,
     body: kopf.Body,
@@ -277,58 +303,142 @@ async def reconcile(
     child_indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]],
     logger: kopf.Logger,
 ) -> planner.Plan:
-    """One reconciliation of one ModelDeployment."""
+    """One reconciliation of one ModelDeployment.
+
+    The status write is guarded by the resourceVersion it was planned on. When another writer
+    changed the object in between (kubectl, Argo CD, a new leader), the write gets 409: the
+    object is read again and planned again on the fresh state, so nothing the other writer set
+    is overwritten. An analysis already made is kept for the retry only if the fresh status
+    records no newer one: one analysis is never applied twice, nor on top of another.
+    """
     meta = body.metadata
-    namespace, name = str(meta.namespace), str(meta.name)
-    key = (namespace, name)
+    key = (str(meta.namespace), str(meta.name))
+    obj: Mapping[str, Any] = body
     status = dict(body.get("status") or {})
+    resource_version = str(meta.get("resourceVersion"))
     cached = runtime.written.get(key)
-    if cached is not None and cached[0] == meta.get("resourceVersion"):
-        status = cached[1]  # our own status write is not back from the watch yet
-    md = ModelDeploymentObject(
-        name=name,
-        namespace=namespace,
-        uid=str(meta.uid),
-        generation=int(meta.get("generation") or 0),
-        spec=dict(body.get("spec") or {}),
-        status=status,
-        annotations=dict(meta.annotations),
+    if cached is not None and cached[0] == resource_version:
+        # Our own status write is not back from the watch yet: plan on what we wrote.
+        status, resource_version = dict(cached[1]), cached[2]
+    analysis: AnalysisResult | None = None
+    analysed_over: Any = None
+    for attempt in range(CONFLICT_RETRIES + 1):
+        md = _md_object(obj, status)
+        if attempt == 0:
+            analysis = await _analyse(runtime, md, list(_values(pods_index, key)), logger)
+            analysed_over = _last_analysis(status)
+        elif analysis is not None and _last_analysis(status) != analysed_over:
+            logger.info("a newer analysis is in status already; this one is dropped")
+            analysis = None
+        try:
+            return await _plan_and_apply(
+                runtime, body, md, resource_version, analysis, pods_index, child_indexes, logger
+            )
+        except ApiException as e:
+            if e.status != 409 or attempt == CONFLICT_RETRIES:
+                raise
+            runtime.metrics.reconciliations.labels("conflict").inc()
+            logger.info("status conflict (another writer changed the object); replanning")
+            obj = await runtime.applier.request(
+                "GET", MD_PATH.format(**dict(zip(("namespace", "name"), key, strict=True)))
+            )
+            status = dict(obj.get("status") or {})
+            resource_version = str(obj["metadata"]["resourceVersion"])
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def _analyse(
+    runtime: Runtime,
+    md: ModelDeploymentObject,
+    pods: list[Any],
+    logger: kopf.Logger,
+) -> AnalysisResult | None:
+    """The analysis the step is due for, or None."""
+    now = datetime.now(UTC)
+    request = planner.analysis_request(md, pods, now, runtime.config.serving_image)
+    if request is None:
+        return None
+    source = runtime.sources.for_spec(request.source)
+    analysis = await source.analyse(
+        namespace=md.namespace,
+        name=md.name,
+        canary_revision=request.canary_revision,
+        stable_revision=request.stable_revision,
+        canary_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.canary_pods],
+        stable_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.stable_pods],
+        window_seconds=request.window_seconds,
+        thresholds=request.thresholds,
+        now=now,
     )
+    runtime.metrics.observe_analysis(md.namespace, md.name, analysis)
+    logger.info("analysis %s: %s", analysis.verdict, analysis.message)
+    return analysis
+
+
+async def _plan_and_apply(
+    runtime: Runtime,
+    body: kopf.Body,
+    md: ModelDeploymentObject,
+    resource_version: str,
+    analysis: AnalysisResult | None,
+    pods_index: kopf.Index[ChildIndexKey, dict[str, Any]],
+    child_indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]],
+    logger: kopf.Logger,
+) -> planner.Plan:
+    key = (md.namespace, md.name)
     observed = _observed(md.uid, child_indexes, key)
     for route in await _http_routes(runtime, md):
         observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
     pods = list(_values(pods_index, key))
-    now = datetime.now(UTC)
-    image = runtime.config.serving_image
-    analysis = None
-    request = planner.analysis_request(md, pods, now, image)
-    if request is not None:
-        source = runtime.sources.for_spec(request.source)
-        analysis = await source.analyse(
-            namespace=namespace,
-            name=name,
-            canary_revision=request.canary_revision,
-            stable_revision=request.stable_revision,
-            canary_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.canary_pods],
-            stable_pods=[PodTarget(p.name, p.uid, p.ip, p.port) for p in request.stable_pods],
-            window_seconds=request.window_seconds,
-            thresholds=request.thresholds,
-            now=now,
-        )
-        runtime.metrics.observe_analysis(namespace, name, analysis)
-        logger.info("analysis %s: %s", analysis.verdict, analysis.message)
-    plan = planner.plan(md, observed, pods, analysis, now, image)
-    writes = await runtime.applier.execute(namespace, plan, observed)
-    updated = await runtime.applier.patch_status(namespace, name, status, plan.status)
+    plan = planner.plan(
+        md, observed, pods, analysis, datetime.now(UTC), runtime.config.serving_image
+    )
+    writes = await runtime.applier.execute(md.namespace, plan, observed)
+    updated = await runtime.applier.patch_status(
+        md.namespace, md.name, md.status, plan.status, resource_version=resource_version
+    )
     if updated is not None:
-        runtime.written[key] = (str(meta.get("resourceVersion")), plan.status)
-        runtime.metrics.observe_outcomes(new_outcomes(status, plan.status))
+        new_version = str(updated["metadata"]["resourceVersion"])
+        runtime.written[key] = (str(body.metadata.get("resourceVersion")), plan.status, new_version)
+        runtime.metrics.observe_outcomes(new_outcomes(md.status, plan.status))
     if writes or updated is not None:
         logger.debug("reconciled with %d child writes, status %s", writes, bool(updated))
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    runtime.metrics.observe_status(namespace, name, plan.status)
+    runtime.metrics.observe_status(md.namespace, md.name, plan.status)
     return plan
+
+
+def _announce_resume(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> None:
+    """An event when this process picks up a rollout in progress (a restart, a failover)."""
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    canary = (body.get("status") or {}).get("canary") or {}
+    if key in runtime.resumed or not canary.get("revision"):
+        return
+    runtime.resumed.add(key)
+    who = memo.get("identity") or "roost-operator"
+    kopf.event(
+        body,
+        type="Normal",
+        reason="RolloutResumed",
+        message=f"{who} resumed the rollout of {canary['revision']} from status at step "
+        f"{canary.get('step', '?')} after {canary.get('analysisCount', 0)} analyses",
+    )
+
+
+def _announce_recovery(runtime: Runtime, body: kopf.Body, key: ChildIndexKey) -> None:
+    """An event when reconciliations succeed again after failing (e.g. API server outage)."""
+    failing = runtime.failing.pop(key, None)
+    if failing is None:
+        return
+    since, count, reason = failing
+    kopf.event(
+        body,
+        type="Normal",
+        reason="Reconciled",
+        message=f"reconciling again after {count} failed attempts over "
+        f"{time.monotonic() - since:.0f} s (last error: {reason}); decisions were paused",
+    )
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
@@ -352,6 +462,7 @@ async def reconcile_loop(
     children = tuple(
         kwargs[n] for n in ("roost_deployments", "roost_services", "roost_pdbs", "roost_hpas")
     )
+    _announce_resume(runtime, body, memo)
     try:
         while not stopped:
             waker.clear()
@@ -359,11 +470,16 @@ async def reconcile_loop(
             try:
                 plan = await reconcile(runtime, body, roost_pods, children, logger)
             except (ApiException, aiohttp.ClientError, OSError) as e:
+                # The API server unreachable or failing: nothing was decided, nothing written
+                # (a status write is all or nothing); the next try plans on fresh state.
                 runtime.metrics.reconciliations.labels("error").inc()
                 reason = f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)
-                raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=5) from e
+                since, count, _ = runtime.failing.get(key, (time.monotonic(), 0, ""))
+                runtime.failing[key] = (since, count + 1, reason)
+                raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=2) from e
             finally:
                 runtime.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            _announce_recovery(runtime, body, key)
             result = "invalid" if plan.spec_error else "success"
             runtime.metrics.reconciliations.labels(result).inc()
             timeout = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
@@ -377,5 +493,7 @@ async def reconcile_loop(
             and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
         ):
             runtime.written.pop(key, None)
+            runtime.failing.pop(key, None)
+            runtime.resumed.discard(key)
             runtime.sources.forget(*key)
             runtime.metrics.forget(*key)

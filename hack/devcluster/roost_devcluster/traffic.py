@@ -137,6 +137,8 @@ class Traffic:
         self.codes: Counter[int] = Counter()
         self.by_revision: Counter[tuple[str, int]] = Counter()
         self.by_pod: Counter[str] = Counter()
+        self.failed_by_pod: Counter[str] = Counter()
+        """Requests per pod that got no 2xx answer (connection errors included)."""
         self.sent = 0
         self.no_target_waits = 0
         self._lock = threading.Lock()
@@ -225,3 +227,5 @@ class Traffic:
                     self.codes[code] += 1
                     self.by_revision[(target.revision, code)] += 1
                     self.by_pod[target.pod] += 1
+                    if not 200 <= code < 300:
+                        self.failed_by_pod[target.pod] += 1
