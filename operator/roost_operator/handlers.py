@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -41,6 +42,9 @@ DEBOUNCE_SECONDS = 0.2
 # A status write that lost a race is planned again on fresh state; more than a few losses in
 # a row means a hot loop with another writer, which a TemporaryError backs off from.
 CONFLICT_RETRIES = 3
+# What an unreachable or failing API server raises: the kubernetes client's urllib3 gives up
+# with MaxRetryError (not an OSError) when connections are refused.
+API_ERRORS = (ApiException, aiohttp.ClientError, OSError, urllib3.exceptions.HTTPError)
 ChildIndexKey = tuple[str, str]
 
 
@@ -441,7 +445,8 @@ def _announce_recovery(runtime: Runtime, body: kopf.Body, key: ChildIndexKey) ->
     )
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+# backoff: an error the loop does not expect still restarts it soon (kopf's default is 60 s).
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, backoff=5.0)
 async def reconcile_loop(
     body: kopf.Body,
     name: str | None,
@@ -469,11 +474,13 @@ async def reconcile_loop(
             started = time.perf_counter()
             try:
                 plan = await reconcile(runtime, body, roost_pods, children, logger)
-            except (ApiException, aiohttp.ClientError, OSError) as e:
+            except API_ERRORS as e:
                 # The API server unreachable or failing: nothing was decided, nothing written
                 # (a status write is all or nothing); the next try plans on fresh state.
                 runtime.metrics.reconciliations.labels("error").inc()
-                reason = f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)
+                reason = (
+                    f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)[:200]
+                )
                 since, count, _ = runtime.failing.get(key, (time.monotonic(), 0, ""))
                 runtime.failing[key] = (since, count + 1, reason)
                 raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=2) from e

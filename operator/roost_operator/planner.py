@@ -173,7 +173,7 @@ def pod_failure(pod: Mapping[str, Any]) -> str | None:
         restarts = int(cs.get("restartCount", 0))
         # One kill of a running container (OOM, a node agent, a chaos test) is not a failing
         # revision: the container restarted and serves again. Crashing again is.
-        running_again = bool((cs.get("state") or {}).get("running")) and restarts < 2
+        running_again = "running" in (cs.get("state") or {}) and restarts < 2
         if terminated and terminated.get("exitCode", 0) != 0 and restarts and not running_again:
             why = str(terminated.get("reason") or "Error")
             return f"{why}: {detail}" if detail else why
