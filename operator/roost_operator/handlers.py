@@ -29,6 +29,7 @@ from roost_operator import planner
 from roost_operator.analysis import AnalysisSources, PodTarget
 from roost_operator.applier import MD_PATH, Applier, collection_path
 from roost_operator.builders import LABEL_MD
+from roost_operator.continuity import Continuity
 from roost_operator.gates import AnalysisResult
 from roost_operator.metrics import OperatorMetrics, new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
@@ -71,10 +72,8 @@ class Runtime:
     written: dict[ChildIndexKey, tuple[str, dict[str, Any], str]] = field(default_factory=dict)
     """Per ModelDeployment: (resourceVersion the status was written over, that status, the
     resourceVersion the write made)."""
-    failing: dict[ChildIndexKey, tuple[float, int, str]] = field(default_factory=dict)
-    """Per ModelDeployment whose reconciliations fail: (since, how many, the last error)."""
-    resumed: set[ChildIndexKey] = field(default_factory=set)
-    """ModelDeployments whose rollout this process has picked up (one event each)."""
+    continuity: Continuity = field(default_factory=Continuity)
+    """Interruptions (failing reconciliations, rollouts picked up) that events report."""
 
 
 def _kube_client() -> client.ApiClient:
@@ -413,38 +412,6 @@ async def _plan_and_apply(
     return plan
 
 
-def _announce_resume(runtime: Runtime, body: kopf.Body, memo: kopf.Memo) -> None:
-    """An event when this process picks up a rollout in progress (a restart, a failover)."""
-    key = (str(body.metadata.namespace), str(body.metadata.name))
-    canary = (body.get("status") or {}).get("canary") or {}
-    if key in runtime.resumed or not canary.get("revision"):
-        return
-    runtime.resumed.add(key)
-    who = memo.get("identity") or "roost-operator"
-    kopf.event(
-        body,
-        type="Normal",
-        reason="RolloutResumed",
-        message=f"{who} resumed the rollout of {canary['revision']} from status at step "
-        f"{canary.get('step', '?')} after {canary.get('analysisCount', 0)} analyses",
-    )
-
-
-def _announce_recovery(runtime: Runtime, body: kopf.Body, key: ChildIndexKey) -> None:
-    """An event when reconciliations succeed again after failing (e.g. API server outage)."""
-    failing = runtime.failing.pop(key, None)
-    if failing is None:
-        return
-    since, count, reason = failing
-    kopf.event(
-        body,
-        type="Normal",
-        reason="Reconciled",
-        message=f"reconciling again after {count} failed attempts over "
-        f"{time.monotonic() - since:.0f} s (last error: {reason}); decisions were paused",
-    )
-
-
 # backoff: an error the loop does not expect still restarts it soon (kopf's default is 60 s).
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, backoff=5.0)
 async def reconcile_loop(
@@ -467,7 +434,7 @@ async def reconcile_loop(
     children = tuple(
         kwargs[n] for n in ("roost_deployments", "roost_services", "roost_pdbs", "roost_hpas")
     )
-    _announce_resume(runtime, body, memo)
+    runtime.continuity.picked_up(body, str(memo.get("identity") or "roost-operator"))
     try:
         while not stopped:
             waker.clear()
@@ -481,12 +448,11 @@ async def reconcile_loop(
                 reason = (
                     f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)[:200]
                 )
-                since, count, _ = runtime.failing.get(key, (time.monotonic(), 0, ""))
-                runtime.failing[key] = (since, count + 1, reason)
+                runtime.continuity.failed(key, reason)
                 raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=2) from e
             finally:
                 runtime.metrics.reconcile_duration.observe(time.perf_counter() - started)
-            _announce_recovery(runtime, body, key)
+            runtime.continuity.succeeded(body, key)
             result = "invalid" if plan.spec_error else "success"
             runtime.metrics.reconciliations.labels(result).inc()
             timeout = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
@@ -500,7 +466,6 @@ async def reconcile_loop(
             and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
         ):
             runtime.written.pop(key, None)
-            runtime.failing.pop(key, None)
-            runtime.resumed.discard(key)
+            runtime.continuity.forget(key)
             runtime.sources.forget(*key)
             runtime.metrics.forget(*key)

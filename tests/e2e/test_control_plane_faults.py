@@ -38,11 +38,12 @@ import pytest
 import yaml
 from crd_install import install_crd
 from e2e.operator_fixtures import OperatorProcess
-from e2e.test_canary_scenarios import Rollout
+from e2e.test_canary_scenarios import Rollout, _ready
 from kubernetes import client
 from roost_devcluster import controlplane, faults
 from roost_devcluster.kubeapi import KubeApi
-from roost_devcluster.traffic import Traffic
+from roost_devcluster.traffic import REFRESH_SECONDS, Traffic
+from roost_devcluster.waiting import list_pods
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +122,19 @@ def mid_step(rollout: Rollout, seconds: float = 200) -> Iterator[MidStep]:
             lambda: (c := rollout.canary()).get("readyReplicas") and c.get("analysisCount") and c,
             "a ready canary with an analysis",
         )
+        # The fault hits a settled step: the stable pod that made room for the canary is gone
+        # and the traffic knows it. (A pod retiring during an API outage keeps its place in
+        # every client's list, as endpoints do, and fails requests: not what is tested here.)
+        rollout.wait(lambda: _settled(rollout), "every pod of the step Ready, none terminating")
+        time.sleep(2 * REFRESH_SECONDS)
         yield MidStep(rollout, traffic, stable, canary, before)
+
+
+def _settled(rollout: Rollout) -> bool:
+    pods = list_pods(rollout.api, rollout.namespace, "roost.dev/modeldeployment=wine")
+    return bool(pods) and all(
+        _ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods
+    )
 
 
 def _analyses(rollout: Rollout) -> int | None:
