@@ -17,8 +17,8 @@ CanaryPromoted event (no transition missed or replayed), the same step (and its 
 when a canary pod stopped serving: the pause only counts while all canary pods serve), and zero
 failed client requests caused by the fault (traffic goes to pod IPs; a killed pod's own
 failures are counted apart). Operators run with leader election and are restarted when they
-exit, as the kubelet would. Each test prints ``FAULT <name>: resumed after <s> s, client errors <n> of
-<sent>, verdict <v>`` (run with ``-s``).
+exit, as the kubelet would. Each test prints ``FAULT <name>: resumed after <s> s, client
+errors <n> of <sent>, verdict <v>`` (run with ``-s``).
 """
 
 from __future__ import annotations
