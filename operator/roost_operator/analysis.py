@@ -3,7 +3,8 @@
 Both reduce what they read to one `gates.RevisionWindow` per revision and let
 `gates.evaluate` judge; the maths lives in `roost_operator.gates`. A source never raises for an
 unreachable pod or Prometheus: the analysis is then inconclusive with a message saying why, so
-the step waits instead of rolling back on a monitoring outage.
+the step waits instead of rolling back (or passing) on a monitoring outage or a network
+partition between the operator and the pods.
 """
 
 from __future__ import annotations
@@ -121,15 +122,27 @@ class PodsSource:
         """Scrape every pod once, compare with the previous scrape and evaluate the gates."""
         pods = [*canary_pods, *stable_pods]
         scrapes = await asyncio.gather(*(self._scrape(p) for p in pods))
+        unreachable = [
+            f"pod {pod.name} not scraped ({scrape})"
+            for pod, scrape in zip(pods, scrapes, strict=True)
+            if isinstance(scrape, str)
+        ]
+        if unreachable:
+            # Ready pods the operator cannot reach say nothing about the canary: no verdict on
+            # the part that answered. No baseline moves (except first ones), so the next
+            # complete analysis covers this interval too, for every pod alike.
+            for pod, scrape in zip(pods, scrapes, strict=True):
+                if not isinstance(scrape, str):
+                    self._previous.setdefault((namespace, name, pod.uid), scrape)
+            return inconclusive(
+                now, "; ".join([*unreachable, "no verdict until every Ready pod answers"])
+            )
         notes: list[str] = []
         deltas: dict[str, dict[SeriesKey, float]] = {}
         gauges: dict[str, Mapping[SeriesKey, float]] = {}
         for pod, scrape in zip(pods, scrapes, strict=True):
             key = (namespace, name, pod.uid)
-            if isinstance(scrape, str):
-                # Keep the old baseline: the next good scrape then spans both intervals.
-                notes.append(f"pod {pod.name} not scraped ({scrape})")
-                continue
+            assert not isinstance(scrape, str)  # handled above
             gauges[pod.uid] = scrape.gauges
             previous = self._previous.get(key)
             self._previous[key] = scrape

@@ -204,16 +204,28 @@ class Applier:
         return True
 
     async def patch_status(
-        self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """Merge-patch the status subresource with what changed; the new object, or None."""
+        """Merge-patch the status subresource with what changed; the new object, or None.
+
+        With `resource_version` the patch only applies to that version of the object (else
+        409 Conflict): a status planned on what someone has since changed is never written.
+        """
         patch = status_patch(old, new)
         if not patch:
             return None
+        body: dict[str, Any] = {"status": patch}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         result: dict[str, Any] = await self.request(
             "PATCH",
             MD_PATH.format(namespace=namespace, name=name) + "/status",
-            {"status": patch},
+            body,
             "application/merge-patch+json",
         )
         self.writes += 1

@@ -14,27 +14,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import kopf
+import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from roost_operator import planner
 from roost_operator.analysis import AnalysisSources
 from roost_operator.api import GROUP, LABEL_MD, PLURAL, VERSION
-from roost_operator.applier import Applier, collection_path
-from roost_operator.metrics import OperatorMetrics, new_outcomes
-from roost_operator.planner import ChildKey, ModelDeploymentObject
+from roost_operator.applier import Applier
+from roost_operator.continuity import Continuity
+from roost_operator.metrics import OperatorMetrics
+from roost_operator.reconciler import reconcile
 
 RESYNC_SECONDS = 300.0
 # Pod and Deployment events come in bursts (a rollout touches several at once): one
 # reconciliation after a short quiet period does the work of many.
 DEBOUNCE_SECONDS = 0.2
+# What an unreachable or failing API server raises: the kubernetes client's urllib3 gives up
+# with MaxRetryError (not an OSError) when connections are refused.
+API_ERRORS = (ApiException, aiohttp.ClientError, OSError, urllib3.exceptions.HTTPError)
 ChildIndexKey = tuple[str, str]
 
 
@@ -58,8 +60,11 @@ class Runtime:
     sources: AnalysisSources
     metrics: OperatorMetrics
     wakers: dict[ChildIndexKey, asyncio.Event] = field(default_factory=dict)
-    written: dict[ChildIndexKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    """Per ModelDeployment: (resourceVersion the status was written over, that status)."""
+    written: dict[ChildIndexKey, tuple[str, dict[str, Any], str]] = field(default_factory=dict)
+    """Per ModelDeployment: (resourceVersion the status was written over, that status, the
+    resourceVersion the write made)."""
+    continuity: Continuity = field(default_factory=Continuity)
+    """Interruptions (failing reconciliations, rollouts picked up) that events report."""
 
 
 def _kube_client() -> client.ApiClient:
@@ -198,112 +203,8 @@ async def modeldeployment_changed(
     _wake(memo, namespace, name)
 
 
-def _values(index: kopf.Index[ChildIndexKey, dict[str, Any]], key: ChildIndexKey) -> Iterable[Any]:
-    return index.get(key, [])
-
-
-def _observed(
-    uid: str, indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]], key: ChildIndexKey
-) -> dict[ChildKey, dict[str, Any]]:
-    out: dict[ChildKey, dict[str, Any]] = {}
-    for index in indexes:
-        for obj in _values(index, key):
-            owners = obj["metadata"].get("ownerReferences") or []
-            # A child of an earlier ModelDeployment of the same name is the garbage
-            # collector's to delete, not ours to adopt or prune.
-            if owners and not any(o.get("uid") == uid for o in owners):
-                continue
-            out[ChildKey(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])] = obj
-    return out
-
-
-async def _http_routes(runtime: Runtime, md: ModelDeploymentObject) -> list[dict[str, Any]]:
-    """The HTTPRoutes this reconciliation must see (no index: a GET by name each).
-
-    The route `spec.traffic` names, whoever made it (roost applies its fields to it), and the
-    one roost applied before (`status.httpRoute`) when the spec no longer names it — but only
-    if this ModelDeployment owns it, so the planner prunes roost's routes and never a user's.
-    """
-    named = ((md.spec.get("traffic") or {}).get("httpRoute") or {}).get("name")
-    previous = md.status.get("httpRoute")
-    path = collection_path("gateway.networking.k8s.io/v1", "HTTPRoute", md.namespace)
-    found = []
-    for name in dict.fromkeys(n for n in (named, previous) if isinstance(n, str) and n):
-        try:
-            route: dict[str, Any] = await runtime.applier.request("GET", f"{path}/{name}")
-        except ApiException as e:
-            if e.status == 404:  # not there (or the Gateway API CRDs are not installed)
-                continue
-            raise
-        owners = route["metadata"].get("ownerReferences") or []
-        if name == named or any(o.get("uid") == md.uid for o in owners):
-            found.append(route)
-    return found
-
-
-async def reconcile(
-    runtime: Runtime,
-    body: kopf.Body,
-    pods_index: kopf.Index[ChildIndexKey, dict[str, Any]],
-    child_indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]],
-    logger: kopf.Logger,
-) -> planner.Plan:
-    """One reconciliation of one ModelDeployment."""
-    meta = body.metadata
-    namespace, name = str(meta.namespace), str(meta.name)
-    key = (namespace, name)
-    status = dict(body.get("status") or {})
-    cached = runtime.written.get(key)
-    if cached is not None and cached[0] == meta.get("resourceVersion"):
-        status = cached[1]  # our own status write is not back from the watch yet
-    md = ModelDeploymentObject(
-        name=name,
-        namespace=namespace,
-        uid=str(meta.uid),
-        generation=int(meta.get("generation") or 0),
-        spec=dict(body.get("spec") or {}),
-        status=status,
-        annotations=dict(meta.annotations),
-    )
-    observed = _observed(md.uid, child_indexes, key)
-    for route in await _http_routes(runtime, md):
-        observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
-    pods = list(_values(pods_index, key))
-    now = datetime.now(UTC)
-    image = runtime.config.serving_image
-    analysis = None
-    request = planner.analysis_request(md, pods, now, image)
-    if request is not None:
-        source = runtime.sources.for_spec(request.analysis)
-        analysis = await source.analyse(
-            namespace=namespace,
-            name=name,
-            canary_revision=request.canary_revision,
-            stable_revision=request.stable_revision,
-            canary_pods=request.canary_pods,
-            stable_pods=request.stable_pods,
-            window_seconds=request.analysis.interval_seconds,
-            spec=request.analysis,
-            evidence=request.evidence,
-            now=now,
-        )
-        runtime.metrics.observe_analysis(namespace, name, analysis)
-        logger.info("analysis %s: %s", analysis.verdict, analysis.message)
-    plan = planner.plan(md, observed, pods, analysis, now, image)
-    writes = await runtime.applier.execute(namespace, plan, observed)
-    updated = await runtime.applier.patch_status(namespace, name, status, plan.status)
-    if updated is not None:
-        runtime.written[key] = (str(meta.get("resourceVersion")), plan.status)
-        runtime.metrics.observe_outcomes(new_outcomes(status, plan.status))
-    if writes or updated is not None:
-        logger.debug("reconciled with %d child writes, status %s", writes, bool(updated))
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    runtime.metrics.observe_status(namespace, name, plan.status)
-    return plan
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+# backoff: an error the loop does not expect still restarts it soon (kopf's default is 60 s).
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, backoff=5.0)
 async def reconcile_loop(
     body: kopf.Body,
     name: str | None,
@@ -322,18 +223,25 @@ async def reconcile_loop(
     waker = runtime.wakers.setdefault(key, asyncio.Event())
     roost_pods: kopf.Index[ChildIndexKey, dict[str, Any]] = kwargs["roost_pods"]
     children = tuple(kwargs[n] for n in CHILD_INDEXES)
+    runtime.continuity.picked_up(body, str(memo.get("identity") or "roost-operator"))
     try:
         while not stopped:
             waker.clear()
             started = time.perf_counter()
             try:
                 plan = await reconcile(runtime, body, roost_pods, children, logger)
-            except (ApiException, aiohttp.ClientError, OSError) as e:
+            except API_ERRORS as e:
+                # The API server unreachable or failing: nothing was decided, nothing written
+                # (a status write is all or nothing); the next try plans on fresh state.
                 runtime.metrics.reconciliations.labels("error").inc()
-                reason = f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)
-                raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=5) from e
+                reason = (
+                    f"HTTP {e.status}: {e.reason}" if isinstance(e, ApiException) else str(e)[:200]
+                )
+                runtime.continuity.failed(key, reason)
+                raise kopf.TemporaryError(f"reconcile failed ({reason}); retrying", delay=2) from e
             finally:
                 runtime.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            runtime.continuity.succeeded(body, key)
             result = "invalid" if plan.spec_error else "success"
             runtime.metrics.reconciliations.labels(result).inc()
             timeout = plan.requeue_after if plan.requeue_after is not None else RESYNC_SECONDS
@@ -347,5 +255,6 @@ async def reconcile_loop(
             and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
         ):
             runtime.written.pop(key, None)
+            runtime.continuity.forget(key)
             runtime.sources.forget(*key)
             runtime.metrics.forget(*key)

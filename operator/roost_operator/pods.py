@@ -71,7 +71,11 @@ def pod_failure(pod: Mapping[str, Any]) -> str | None:
         if reason in FAILING_REASONS:
             detail = detail or str(waiting.get("message") or "")
             return f"{reason}: {detail}" if detail else reason
-        if terminated and terminated.get("exitCode", 0) != 0 and int(cs.get("restartCount", 0)):
+        restarts = int(cs.get("restartCount", 0))
+        # One kill of a running container (OOM, a node agent, a chaos test) is not a failing
+        # revision: the container restarted and serves again. Crashing again is.
+        running_again = "running" in (cs.get("state") or {}) and restarts < 2
+        if terminated and terminated.get("exitCode", 0) != 0 and restarts and not running_again:
             why = str(terminated.get("reason") or "Error")
             return f"{why}: {detail}" if detail else why
     return None

@@ -2,6 +2,9 @@
 
 ``operator_process(namespace)`` starts the operator watching one namespace, with its metrics and
 health endpoints on free loopback ports, and stops it (SIGTERM) at the end of the test.
+``OperatorProcess(..., args=[...], supervise=True)`` passes extra flags (leader election) and
+restarts the process whenever it exits on its own, as the kubelet restarts a container: a
+leader that lost its Lease exits, and comes back as a follower.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,9 +37,35 @@ class OperatorProcess:
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)
+    supervise: bool = False
+    exits: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time, exit status) of every exit the supervisor restarted."""
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the operator and wait (bounded) until its liveness endpoint answers."""
+        self._stopping.clear()
+        self._spawn()
+        self._wait_live()
+        if self.supervise and (self._supervisor is None or not self._supervisor.is_alive()):
+            self._supervisor = threading.Thread(target=self._watch, daemon=True)
+            self._supervisor.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            proc = self.proc
+            if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                self.exits.append((time.monotonic(), int(proc.returncode)))
+                time.sleep(
+                    1.0
+                )  # the kubelet's first back-off is longer; one second keeps tests short
+                if not self._stopping.is_set():
+                    self._spawn()
+            time.sleep(0.1)
+
+    def _spawn(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -50,11 +80,15 @@ class OperatorProcess:
                     "--bind-address",
                     "127.0.0.1",
                     "--verbose",
+                    *self.args,
                 ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def _wait_live(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,7 +105,10 @@ class OperatorProcess:
         raise AssertionError(f"roost-operator never became live:\n{self.log()}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 20 s."""
+        """SIGTERM, then SIGKILL after 20 s (the supervisor restarts nothing from here on)."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -80,6 +117,11 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no Lease release; the supervisor, if any, starts it again."""
+        assert self.proc is not None
+        self.proc.kill()
 
     def restart(self) -> None:
         """Stop and start again (fresh process, fresh in-memory state)."""

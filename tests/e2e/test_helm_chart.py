@@ -3,11 +3,12 @@
 - `helm template` output is accepted by the API server (`kubectl apply --dry-run=server`), in
   cluster and namespaced RBAC mode (prometheus-operator kinds are off: this cluster has no
   monitoring.coreos.com CRDs; tests/unit/chart covers their rendering).
-- `helm install`: the pod runner runs the operator pod as a real `roost-operator` process whose
-  kubeconfig holds a TokenRequest token of the chart's ServiceAccount (not admin). It reconciles
-  the example wine-v1 model to Ready with no 403 but the one by design: the chart's RBAC is
-  sufficient (the canary story on a Helm install is `test_demo.py`). `helm test` passes;
-  `helm uninstall` leaves nothing of the release behind except the CRD.
+- `helm install`: the pod runner runs the two operator pods as real `roost-operator` processes
+  (one holds the leader election Lease) whose kubeconfig holds a TokenRequest token of the
+  chart's ServiceAccount (not admin). It reconciles the example wine-v1 model to Ready with no
+  403 but the one by design: the chart's RBAC is sufficient (the canary story on a Helm install
+  is `test_demo.py`). `helm test` passes; `helm uninstall` leaves nothing of the release behind
+  except the CRD.
 - Minimality: the ServiceAccount is denied everything the chart does not grant, and removing
   single rules from the installed Role breaks the named operation with a 403 in the operator's
   own log, which heals when the rule comes back.
@@ -169,8 +170,12 @@ def test_install_reconciles_canary_helm_test_and_uninstall(
     pod_log: Callable[[str, str, str], str],
 ) -> None:
     ns = release
-    (pod,) = wait_pods_ready(kube_api, ns, OPERATOR, 1, timeout=60)
-    assert pod["spec"]["serviceAccountName"] == SA
+    # Two replicas (the chart's default): one holds the Lease and reconciles, one follows.
+    pods = wait_pods_ready(kube_api, ns, OPERATOR, 2, timeout=90)
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {SA}
+    lease = kube_api.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/roost-operator")
+    holder = lease["spec"]["holderIdentity"]
+    assert any(p["metadata"]["name"] in holder for p in pods), holder
     path = mds.path(ns)
     kube_api.apply(f"{path}/wine", manifest(ns, example_models["wine-v1"]), manager="test")
     wait_pods_ready(kube_api, ns, "roost.dev/modeldeployment=wine", 2, timeout=120)
@@ -224,6 +229,8 @@ GRANTED = [
     ("patch", "deployments.apps/scale"), ("list", "pods"), ("watch", "pods"),
     ("create", "events"), ("patch", "services"), ("patch", "poddisruptionbudgets.policy"),
     ("patch", "horizontalpodautoscalers.autoscaling"), ("list", "customresourcedefinitions"),
+    ("get", "modeldeployments.roost.dev"), ("create", "leases.coordination.k8s.io"),
+    ("update", "leases.coordination.k8s.io/roost-operator"),
 ]  # fmt: skip
 DENIED = [
     ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"),
@@ -233,6 +240,8 @@ DENIED = [
     ("create", "roles.rbac.authorization.k8s.io"),
     ("patch", "httproutes.gateway.networking.k8s.io"),
     ("delete", "customresourcedefinitions"),
+    ("update", "leases.coordination.k8s.io/kube-scheduler"),
+    ("delete", "leases.coordination.k8s.io"),
 ]  # fmt: skip
 
 
@@ -258,7 +267,7 @@ def test_rbac_is_minimal(
     pod_log: Callable[[str, str, str], str],
 ) -> None:
     ns = release
-    wait_pods_ready(kube_api, ns, OPERATOR, 1, timeout=60)
+    wait_pods_ready(kube_api, ns, OPERATOR, 2, timeout=90)
     for verb, resource in GRANTED:
         assert can_i(kubeconfig, ns, verb, resource), f"{verb} {resource} should be granted"
     for verb, resource in DENIED:

@@ -2,10 +2,11 @@
 roost-operator makes (operator/roost_operator/handlers.py, applier.py, kopf). docs/helm.md has
 one row per rule naming the operation that needs it. */}}
 {{- define "roost.namespacedRules" -}}
-# kopf lists and watches ModelDeployments and patches their metadata (finalizer, annotations).
+# kopf lists and watches ModelDeployments and patches their metadata (finalizer, annotations);
+# a status write that lost a race (409) re-reads the object to plan again on fresh state.
 - apiGroups: ["roost.dev"]
   resources: ["modeldeployments"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 # Conditions, rollout state and history: merge patches of the status subresource.
 - apiGroups: ["roost.dev"]
   resources: ["modeldeployments/status"]

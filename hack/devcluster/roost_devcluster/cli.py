@@ -3,6 +3,8 @@
 ``up`` starts the local control plane and the pod runner and prints ``export KUBECONFIG=...``;
 it is a no-op (printing the same line) when the cluster already runs. ``down`` stops every
 process and removes the state directory. ``status`` exits 0 when the cluster is healthy.
+``restart COMPONENT [--down S]`` and ``freeze COMPONENT --seconds S`` inject control-plane
+faults (``faults``).
 The state directory is ``~/.cache/roost/devcluster`` unless ``--state-dir`` or
 ``ROOST_DEVCLUSTER_DIR`` says otherwise.
 """
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from roost_devcluster import controlplane
+from roost_devcluster import controlplane, faults
 from roost_devcluster.paths import Layout, default_state_dir
 
 
@@ -32,7 +34,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("down", help="stop the cluster and remove its state")
     sub.add_parser("status", help="exit 0 when the cluster is healthy, 1 otherwise")
+    restart = sub.add_parser("restart", help="restart one component, keeping the cluster's state")
+    restart.add_argument("component", choices=faults.COMPONENTS)
+    restart.add_argument("--down", type=float, default=0.0, help="seconds to stay stopped")
+    restart.add_argument("--kill", action="store_true", help="SIGKILL instead of SIGTERM")
+    freeze = sub.add_parser("freeze", help="make one component unreachable (SIGSTOP) a while")
+    freeze.add_argument("component", choices=faults.COMPONENTS)
+    freeze.add_argument("--seconds", type=float, required=True)
     return parser
+
+
+def _fault(args: argparse.Namespace, layout: Layout) -> int:
+    try:
+        if args.command == "restart":
+            took = faults.restart(layout, args.component, down_seconds=args.down, kill=args.kill)
+            print(f"{args.component} restarted; healthy again after {took:.1f} s")
+        else:
+            took = faults.freeze(layout, args.component, args.seconds)
+            print(f"{args.component} frozen {args.seconds:.0f} s; answering after {took:.1f} s")
+    except faults.FaultError as exc:
+        print(f"roost-devcluster: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
+    if args.command in ("restart", "freeze"):
+        return _fault(args, layout)
     if args.command == "down":
         controlplane.down(layout)
         print(f"stopped; removed {layout.root}", file=sys.stderr)

@@ -67,6 +67,7 @@ class ContainerProcess:
         self.last_terminated: Obj | None = None
         self.waiting: tuple[str, str] = ("ContainerCreating", "")
         self.backoff = 0.0
+        self.crashes = 0  # failures in a row (a run of BACKOFF_RESET seconds resets it)
         self.restart_at: float | None = 0.0  # start at once
         self.done = False  # exited and will not be restarted (restartPolicy)
         self.readiness: ProbeTracker | None = None
@@ -139,11 +140,17 @@ class ContainerProcess:
             self.done = True
             return
         ran = now - self.started_mono
-        self.backoff = (
-            BACKOFF_BASE
-            if ran >= BACKOFF_RESET or self.backoff == 0
-            else min(self.backoff * 2, BACKOFF_CAP)
-        )
+        if ran >= BACKOFF_RESET:
+            self.crashes = 0
+        self.crashes += 1
+        if self.crashes == 1:
+            # As the kubelet does: a first failure (or one after a long healthy run) restarts at
+            # once; CrashLoopBackOff only starts with the next one.
+            self.backoff = 0.0
+            self.restart_at = now
+            self.waiting = ("", "")
+            return
+        self.backoff = BACKOFF_BASE if self.crashes == 2 else min(self.backoff * 2, BACKOFF_CAP)
         self.restart_at = now + self.backoff
         self.waiting = (
             "CrashLoopBackOff",

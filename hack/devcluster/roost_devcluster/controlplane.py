@@ -206,6 +206,37 @@ def _etcd_args(layout: Layout, ports: dict[str, int]) -> list[str]:
     ]
 
 
+def _kwok_args(layout: Layout, ports: dict[str, int]) -> list[str]:
+    return [
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--config={layout.root / 'kwok.yaml'}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
+        f"--server-address=127.0.0.1:{ports['kwok']}",
+        "--node-ip=127.0.0.1",
+        # Node leases are the cheap heartbeat the node lifecycle controller reads first;
+        # without them kwok's status heartbeat (~55 s) outlives its grace.
+        "--node-lease-duration-seconds=40",
+    ]
+
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def component_argv(layout: Layout, ports: dict[str, int], name: str, binary: Path) -> list[str]:
+    """The command line of one control-plane component: the same at start and at a restart
+    (``faults.restart``), so a restarted component keeps its ports, data and certificates."""
+    if name == "etcd":
+        return [str(binary), *_etcd_args(layout, ports)]
+    if name == "kube-apiserver":
+        return [str(binary), *_apiserver_args(layout, ports)]
+    if name in ("kube-controller-manager", "kube-scheduler"):
+        return [str(binary), *_component_args(layout, ports, name)]
+    if name == "kwok":
+        return [str(binary), *_kwok_args(layout, ports)]
+    raise ValueError(f"unknown control-plane component {name!r}; one of {', '.join(CONTROL_PLANE)}")
+
+
 def _node(name: str, cidr: str) -> dict[str, object]:
     return {
         "apiVersion": "v1",
@@ -270,8 +301,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: b
     start = time.monotonic()
     deadline = start + START_TIMEOUT
     dirs = binary_dirs()
-    components = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    binaries = {n: find_binary(n, dirs) for n in components[: 2 if api_only else None]}
+    binaries = {n: find_binary(n, dirs) for n in CONTROL_PLANE[: 2 if api_only else None]}
     for d in (layout.root, layout.logs, layout.pods):
         d.mkdir(parents=True, exist_ok=True)
     pki.generate(layout.pki)
@@ -291,7 +321,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: b
         state.save(layout.state_file)  # recorded at once, so `down` can always clean up
 
     try:
-        spawn("etcd", [str(binaries["etcd"]), *_etcd_args(layout, state.ports)])
+        spawn("etcd", component_argv(layout, state.ports, "etcd", binaries["etcd"]))
         etcd_health = f"http://127.0.0.1:{state.ports['etcd']}/health"
         _wait(
             "etcd /health",
@@ -302,7 +332,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: b
         )
         spawn(
             "kube-apiserver",
-            [str(binaries["kube-apiserver"]), *_apiserver_args(layout, state.ports)],
+            component_argv(layout, state.ports, "kube-apiserver", binaries["kube-apiserver"]),
         )
         api = KubeApi.from_kubeconfig(layout.kubeconfig)
         try:
@@ -311,22 +341,8 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: b
             if api_only:
                 return Cluster(layout, state)
             for name in ("kube-controller-manager", "kube-scheduler"):
-                spawn(name, [str(binaries[name]), *_component_args(layout, state.ports, name)])
-            spawn(
-                "kwok",
-                [
-                    str(binaries["kwok"]),
-                    f"--kubeconfig={layout.kubeconfig}",
-                    f"--config={layout.root / 'kwok.yaml'}",
-                    "--manage-all-nodes=false",
-                    f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
-                    f"--server-address=127.0.0.1:{state.ports['kwok']}",
-                    "--node-ip=127.0.0.1",
-                    # Node leases are the cheap heartbeat the node lifecycle controller reads
-                    # first; without them kwok's status heartbeat (~55 s) outlives its grace.
-                    "--node-lease-duration-seconds=40",
-                ],
-            )
+                spawn(name, component_argv(layout, state.ports, name, binaries[name]))
+            spawn("kwok", component_argv(layout, state.ports, "kwok", binaries["kwok"]))
             for name, cidr in node_cidrs(layout.root).items():
                 with contextlib.suppress(ApiError):  # already there after a restart
                     api.create(api_path("v1", "nodes", None), _node(name, cidr))

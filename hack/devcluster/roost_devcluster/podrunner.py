@@ -17,7 +17,6 @@ Logs: ``<state dir>/pods/<namespace>_<pod>_<container>.log`` (read them with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from roost_devcluster import procs
@@ -42,6 +42,8 @@ Obj = dict[str, Any]
 log = logging.getLogger("roost_devcluster.podrunner")
 TICK = 0.2  # seconds between worker loop iterations (probe periods are whole seconds)
 SHUTDOWN_GRACE = 3.0  # runner shutdown (cluster down) does not wait for full grace periods
+# A kubelet keeps trying to finish a deletion while the API server is away (a test's fault).
+DELETE_RETRY_SECONDS = 180.0
 _BASE_ENV_KEYS = ("HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "TZ")
 
 
@@ -285,6 +287,8 @@ class PodWorker(threading.Thread):
         except ApiError as exc:
             if exc.status != 404:
                 log.warning("status patch of %s/%s failed: %s", self.namespace, self.pod_name, exc)
+        except httpx.HTTPError as exc:  # API server unreachable: the next tick reports again
+            log.warning("status patch of %s/%s failed: %s", self.namespace, self.pod_name, exc)
 
     def _terminate(self, pod: Obj) -> None:
         grace = float(pod["metadata"].get("deletionGracePeriodSeconds", 30))
@@ -296,11 +300,30 @@ class PodWorker(threading.Thread):
         for c in self.containers:
             c.stop(0.0)  # SIGKILL whatever ignored SIGTERM
         self._report(self.pod)
-        with contextlib.suppress(ApiError):
-            self.runner.api.delete(
-                api_path("v1", "pods", self.namespace, self.pod_name),
-                {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
-            )
+        self._delete()
+
+    def _delete(self) -> None:
+        """Finish the deletion (grace 0), retrying while the API server cannot be reached."""
+        deadline = time.monotonic() + DELETE_RETRY_SECONDS
+        while True:
+            try:
+                self.runner.api.delete(
+                    api_path("v1", "pods", self.namespace, self.pod_name),
+                    {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
+                )
+                return
+            except ApiError as exc:
+                if exc.status < 500:  # gone (404), another pod by now (409): nothing to finish
+                    return
+                reason = str(exc)
+            except httpx.HTTPError as exc:
+                reason = str(exc)
+            with self._lock:
+                stopping = self._stop_grace is not None
+            if stopping or time.monotonic() > deadline:
+                log.warning("deleting %s/%s failed: %s", self.namespace, self.pod_name, reason)
+                return
+            time.sleep(1.0)
 
 
 class PodRunner:

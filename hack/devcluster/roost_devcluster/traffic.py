@@ -137,9 +137,12 @@ class Traffic:
         self.codes: Counter[int] = Counter()
         self.by_revision: Counter[tuple[str, int]] = Counter()
         self.by_pod: Counter[str] = Counter()
+        self.failed_by_pod: Counter[str] = Counter()
+        """Requests per pod that got no 2xx answer (connection errors included)."""
         self.sent = 0
         self.no_target_waits = 0
         self._lock = threading.Lock()
+        self._targets: list[Target] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="roost-traffic", daemon=True)
 
@@ -171,11 +174,30 @@ class Traffic:
     ) -> None:
         self.stop()
 
+    def _refresh(self) -> None:
+        """Keep `_targets` current; on an error keep the previous list, the next round retries.
+
+        A thread of its own: a hung or frozen API server (a test's fault) delays only the next
+        list of pods, never a request to the pods already known, as with a real Service.
+        """
+        while not self._stop.is_set():
+            with contextlib.suppress(ApiError, httpx.HTTPError):
+                targets = ready_targets(self.api, self.namespace, self.modeldeployment)
+                with self._lock:
+                    self._targets = targets
+            self._stop.wait(REFRESH_SECONDS)
+
     def _run(self) -> None:
         start = time.monotonic()
         end = start + self.duration
-        targets: list[Target] = []
-        refreshed = -REFRESH_SECONDS
+        refresher = threading.Thread(target=self._refresh, name="roost-traffic-pods", daemon=True)
+        refresher.start()
+        try:
+            self._send(start, end)
+        finally:
+            self._stop.set()
+
+    def _send(self, start: float, end: float) -> None:
         turn = itertools.count()
         due = start
         with httpx.Client(timeout=self.timeout) as http:
@@ -183,11 +205,8 @@ class Traffic:
                 now = time.monotonic()
                 if now >= end:
                     return
-                if now - refreshed >= REFRESH_SECONDS:
-                    # On an error keep the previous list; the next refresh retries.
-                    with contextlib.suppress(ApiError, httpx.HTTPError):
-                        targets = ready_targets(self.api, self.namespace, self.modeldeployment)
-                    refreshed = now
+                with self._lock:
+                    targets = self._targets
                 if not targets:
                     self.no_target_waits += 1
                     self._stop.wait(0.2)
@@ -208,3 +227,5 @@ class Traffic:
                     self.codes[code] += 1
                     self.by_revision[(target.revision, code)] += 1
                     self.by_pod[target.pod] += 1
+                    if not 200 <= code < 300:
+                        self.failed_by_pod[target.pod] += 1

@@ -51,6 +51,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def _election(obj: dict[str, Any]) -> bool:
+    """The leader election Role/RoleBinding (release namespace, the Lease only)."""
+    return bool(obj["metadata"]["name"].endswith("-leader-election"))
+
+
 def _rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for o in objects if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]]
 
@@ -63,22 +68,35 @@ def test_rbac_has_no_wildcards(render: Render, sets: list[str]) -> None:
         for field in ("apiGroups", "resources", "verbs"):
             assert all("*" not in value for value in rule[field]), rule
         assert "nonResourceURLs" not in rule
-        assert "resourceNames" not in rule
+        # Only the leader election Lease is named: the operator reads and renews just that one.
+        assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
 
 
 def test_rbac_never_touches_secrets_or_cluster_objects(render: Render) -> None:
     granted = {res for rule in _rules(render(*ALL_OPTIONAL)) for res in rule["resources"]}
     assert not granted & {"secrets", "configmaps", "namespaces", "nodes", "roles", "rolebindings"}
-    verbs = {v for rule in _rules(render(*ALL_OPTIONAL)) for v in rule["verbs"]}
-    assert not verbs & {"escalate", "bind", "impersonate", "deletecollection", "update"}
+    rules = _rules(render(*ALL_OPTIONAL))
+    verbs = {v for rule in rules for v in rule["verbs"]}
+    assert not verbs & {"escalate", "bind", "impersonate", "deletecollection"}
+    # `update` only renews the one Lease (a PUT carrying the resourceVersion read).
+    updates = [rule for rule in rules if "update" in rule["verbs"]]
+    assert updates == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["roost-operator"],
+            "verbs": ["get", "update"],
+        }
+    ]
 
 
 def test_cluster_scope_is_one_clusterrole(render: Render) -> None:
     objects = render()
-    assert [o["kind"] for o in objects if "Role" in o["kind"]] == [
-        "ClusterRole",
-        "ClusterRoleBinding",
-    ]
+    assert [
+        o["kind"]
+        for o in objects
+        if "Role" in o["kind"] and not o["metadata"]["name"].endswith("-leader-election")
+    ] == ["ClusterRole", "ClusterRoleBinding"]
     binding = by_kind(objects, "ClusterRoleBinding")[0]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "r-roost", "namespace": "roost-system"}
@@ -89,7 +107,7 @@ def test_cluster_scope_is_one_clusterrole(render: Render) -> None:
 
 def test_namespaced_scope_binds_a_role_per_watched_namespace(render: Render) -> None:
     objects = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
-    roles = by_kind(objects, "Role")
+    roles = [r for r in by_kind(objects, "Role") if not _election(r)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for binding in by_kind(objects, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "roost-system"
@@ -112,7 +130,8 @@ def test_namespaced_scope_binds_a_role_per_watched_namespace(render: Render) -> 
 
 def test_namespaced_scope_defaults_to_the_release_namespace(render: Render) -> None:
     objects = render("rbac.scope=namespaced", namespace="ml")
-    assert [r["metadata"]["namespace"] for r in by_kind(objects, "Role")] == ["ml"]
+    roles = [r for r in by_kind(objects, "Role") if not _election(r)]
+    assert [r["metadata"]["namespace"] for r in roles] == ["ml"]
 
 
 def test_every_rule_is_justified_in_docs(render: Render) -> None:
@@ -133,8 +152,12 @@ def test_every_rule_is_justified_in_docs(render: Render) -> None:
 
 def test_operator_pod_is_restricted_and_runnable(render: Render) -> None:
     deployment = by_kind(render(), "Deployment")[0]
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # Leader election: a surge pod starts as a follower, so the upgrade never stops reconciling.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
     spec = pod["spec"]
@@ -192,6 +215,10 @@ def test_metrics_service_selects_only_the_operator(render: Render) -> None:
         ("prometheusRule.errorRateThreshold=1.5", "/prometheusRule/errorRateThreshold"),
         ("prometheusRule.driftPSIThreshold=lots", "/prometheusRule/driftPSIThreshold"),
         ("prometheusRule.runbookBaseURL=wiki", "/prometheusRule/runbookBaseURL"),
+        ("replicaCount=0", "/replicaCount"),
+        ("leaderElection.leaseName=Bad_Name", "/leaderElection/leaseName"),
+        ("leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled=true"),
+        ("leaderElection.renewDeadline=20", "retryPeriod < renewDeadline < leaseDuration"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, value: str, message: str) -> None:
@@ -294,3 +321,35 @@ def test_crd_is_installed_from_the_chart_crds_dir(render: Render) -> None:
     assert yaml.safe_load((CHART / "crds" / "modeldeployment.yaml").read_text())["kind"] == (
         "CustomResourceDefinition"
     )
+
+
+def test_two_replicas_elect_a_leader_on_one_lease(render: Render) -> None:
+    objects = render()
+    container = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--leader-elect" in container["args"]
+    assert "--leader-election-lease-name=roost-operator" in container["args"]
+    assert "--leader-election-renew-deadline=10" in container["args"]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    (role,) = [o for o in by_kind(objects, "Role") if o["metadata"]["name"].endswith("-election")]
+    assert role["metadata"]["namespace"] == "roost-system"
+    (binding,) = [
+        o
+        for o in by_kind(objects, "RoleBinding")
+        if o["metadata"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["subjects"][0]["name"] == "r-roost"
+    (pdb,) = by_kind(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+
+
+def test_one_replica_without_election_is_recreated_and_has_no_pdb(render: Render) -> None:
+    objects = render("replicaCount=1", "leaderElection.enabled=false")
+    deployment = by_kind(objects, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not by_kind(objects, "PodDisruptionBudget")
+    assert not [o for o in by_kind(objects, "Role") if "leader" in o["metadata"]["name"]]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--leader-elect" not in container["args"]

@@ -38,24 +38,31 @@ def test_crash_is_reported_and_restarted_after_backoff(tmp_path: Path) -> None:
     container = _container(tmp_path, 'echo "hello $WHO"; echo "roost: error: boom" >&2; exit 3')
     assert container.tick(time.monotonic(), grace=1)  # first start, no back-off
     assert (tmp_path / "c.pid").exists()
-    exited_at = _until_exited(container)
+    first_exit = _until_exited(container)
 
+    # Like the kubelet, the first failure restarts at once (no CrashLoopBackOff yet).
     status = container.status()
     assert status["restartCount"] == 0
     assert status["ready"] is False
-    assert status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert status["state"]["waiting"]["reason"] != "CrashLoopBackOff"
     terminated = status["lastState"]["terminated"]
     assert terminated["exitCode"] == 3
     assert terminated["reason"] == "Error"
     assert terminated["message"] == "hello roost\nroost: error: boom"
     assert not (tmp_path / "c.pid").exists()
+    assert container.restart_at == first_exit
+    assert container.tick(first_exit, grace=1)
+    assert container.restart_count == 1
 
+    # Crashing again: back-off, reported as CrashLoopBackOff, doubled on every further crash.
+    exited_at = _until_exited(container)
+    assert container.status()["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     assert not container.tick(exited_at + BACKOFF_BASE / 2, grace=1)  # still backing off
     assert container.tick(exited_at + BACKOFF_BASE, grace=1)
-    assert container.restart_count == 1
-    second_exit = _until_exited(container)
+    assert container.restart_count == 2
+    third_exit = _until_exited(container)
     assert container.backoff == 2 * BACKOFF_BASE  # consecutive crash: doubled
-    assert container.restart_at == second_exit + 2 * BACKOFF_BASE
+    assert container.restart_at == third_exit + 2 * BACKOFF_BASE
     # The message covers the latest run only.
     assert container.status()["lastState"]["terminated"]["message"].count("boom") == 1
 

@@ -322,3 +322,24 @@ class TestCanary:
         # With no stable pod ready it does not serve.
         later = with_abort(aborted.status, [pod(stable_rev, i, ready=False) for i in range(4)])
         assert condition(later, "Ready")["status"] == "False"
+
+
+def _restarted(restarts: int, running: bool) -> dict[str, Any]:
+    p = pod("abc", 1)
+    state: dict[str, Any] = {"running": {}} if running else {"terminated": {"exitCode": 137}}
+    p["status"]["containerStatuses"] = [
+        {
+            "name": "server",
+            "restartCount": restarts,
+            "state": state,
+            "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}},
+        }
+    ]
+    return p
+
+
+def test_a_container_killed_once_and_running_again_is_not_a_failure() -> None:
+    assert planner.pod_failure(_restarted(1, running=True)) is None
+    # Down again after its restart, or killed twice: the revision is failing.
+    assert planner.pod_failure(_restarted(1, running=False)) == "Error"
+    assert planner.pod_failure(_restarted(2, running=True)) == "Error"

@@ -1,0 +1,64 @@
+"""Control-plane faults: a restarted component gets its original command line back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from roost_devcluster import controlplane, faults, procs
+from roost_devcluster.paths import Layout
+
+PORTS = {n: 10000 + i for i, n in enumerate(
+    ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", controlplane.CONTROL_PLANE)
+def test_every_component_has_one_command_line_with_its_recorded_ports(
+    tmp_path: Path, name: str
+) -> None:
+    layout = Layout(tmp_path)
+    argv = controlplane.component_argv(layout, PORTS, name, Path("/bin") / name)
+    assert argv[0] == f"/bin/{name}"
+    assert argv == controlplane.component_argv(layout, PORTS, name, Path("/bin") / name)
+    joined = " ".join(argv)
+    port = {"etcd": "etcd", "kube-apiserver": "apiserver"}.get(name, name)
+    assert str(PORTS[port]) in joined
+    if name == "etcd":  # the same data directory: a restarted etcd keeps the cluster's state
+        assert f"--data-dir={layout.etcd_data}" in argv
+
+
+def test_unknown_component_and_missing_cluster_are_clear_errors(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    with pytest.raises(ValueError, match="unknown control-plane component 'kubelet'"):
+        controlplane.component_argv(layout, PORTS, "kubelet", Path("/bin/kubelet"))
+    with pytest.raises(faults.FaultError, match="no dev cluster recorded"):
+        faults.stop(layout, "etcd")
+    procs.ClusterState(ports=PORTS, procs=[]).save(layout.state_file)
+    with pytest.raises(faults.FaultError, match="unknown component 'kubelet'"):
+        faults.stop(layout, "kubelet")
+    with pytest.raises(faults.FaultError, match="etcd is not recorded"):
+        faults.stop(layout, "etcd")
+
+
+def _state_becomes(pid: int, states: str) -> bool:
+    """Whether the process state turns into one of `states` (signals arrive asynchronously)."""
+    for _ in range(100):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in states:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_frozen_stops_and_continues_the_process(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.root.mkdir(exist_ok=True)
+    proc = procs.spawn("etcd", ["sleep", "30"], tmp_path / "etcd.log")
+    try:
+        procs.ClusterState(ports=PORTS, procs=[proc]).save(layout.state_file)
+        with faults.frozen(layout, "etcd"):
+            assert _state_becomes(proc.pid, "T")  # stopped
+        assert _state_becomes(proc.pid, "SR")
+    finally:
+        procs.stop([proc], grace=1)
