@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the operator until SIGINT/SIGTERM (with leader election: once it leads)."""
     cfg, verbose, election = parse_all(argv)
     kopf.configure(verbose=verbose)
-    assert handlers.GROUP  # the import registers the handlers with kopf's default registry
+    assert handlers.reconcile_loop  # the import registers the handlers with kopf's default registry
     identity = operator_identity()
     elector = None
     if election is not None:

@@ -297,15 +297,16 @@ async def test_an_unreachable_stable_pod_makes_even_a_failing_canary_inconclusiv
     """Unreachable pods never decide by themselves, nor leave a verdict to the pods that answer:
     the interval is judged later, in one window, once every Ready pod answers again."""
     canary, stable = await pod("canary"), await pod("stable")
-    await _baseline(source, canary, stable)
+    analyst = Analyst(source)
+    await _baseline(analyst, canary, stable)
     canary.serve(60, code="500")
     stable.serve(60)
     await stable.stop()
-    result = await _analyse(source, [canary], [stable])
+    result = await analyst([canary], [stable])
     assert result.verdict == "inconclusive"
     assert f"pod {stable.target.name} not scraped" in result.message
     assert "no verdict until every Ready pod answers" in result.message
     await stable.start()
-    result = await _analyse(source, [canary], [stable])
+    result = await analyst([canary], [stable])
     assert result.canary_requests == 60  # the canary's interval was kept, not consumed
     assert result.verdict == "fail"

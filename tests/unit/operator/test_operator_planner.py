@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from roost_operator import planner
+from roost_operator import planner, pods
 from roost_operator.applier import status_patch
 from roost_operator.planner import ChildKey, ModelDeploymentObject, Plan
 
@@ -339,7 +339,7 @@ def _restarted(restarts: int, running: bool) -> dict[str, Any]:
 
 
 def test_a_container_killed_once_and_running_again_is_not_a_failure() -> None:
-    assert planner.pod_failure(_restarted(1, running=True)) is None
+    assert pods.pod_failure(_restarted(1, running=True)) is None
     # Down again after its restart, or killed twice: the revision is failing.
-    assert planner.pod_failure(_restarted(1, running=False)) == "Error"
-    assert planner.pod_failure(_restarted(2, running=True)) == "Error"
+    assert pods.pod_failure(_restarted(1, running=False)) == "Error"
+    assert pods.pod_failure(_restarted(2, running=True)) == "Error"

@@ -71,7 +71,8 @@ class TestParseSpec:
         assert defaults.on_inconclusive == "rollback"
         assert not defaults.gates.any
         no_deadline = {"rollout": {"analysis": {"progressDeadline": "0s"}}}
-        assert parse_spec({**BASE, **no_deadline}).rollout.analysis.progress_deadline_seconds is None
+        no_deadline_spec = parse_spec({**BASE, **no_deadline}).rollout.analysis
+        assert no_deadline_spec.progress_deadline_seconds is None
 
     @pytest.mark.parametrize(
         ("analysis", "message"),
