@@ -118,12 +118,16 @@ class Batcher:
         """Pop the head item and every following compatible one that fits in the batch."""
         first = self._queue.popleft()
         batch = [first]
+        if first.future.done():  # its deadline passed while it waited: never run it
+            return []
         if first.rows <= 0 or first.rows >= self._max_rows:
             return batch
         rows = first.rows
         kept: deque[_Item] = deque()
         while self._queue and rows < self._max_rows:
             item = self._queue.popleft()
+            if item.future.done():
+                continue
             if item.key == first.key and item.rows > 0 and rows + item.rows <= self._max_rows:
                 batch.append(item)
                 rows += item.rows
@@ -136,7 +140,7 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         batch = self._take()
-        if not self.enabled or batch[0].rows <= 0:
+        if not batch or not self.enabled or batch[0].rows <= 0:
             return batch
         # Let requests that are already decoded but not yet scheduled reach the queue.
         await asyncio.sleep(0)
@@ -148,6 +152,8 @@ class Batcher:
             if len(self._queue) > leftovers and rows < self._max_rows:
                 self._queue.extendleft(reversed(batch))
                 batch = self._take()
+                if not batch:
+                    return batch
                 leftovers = len(self._queue)
                 continue
             remaining = deadline - time.perf_counter()
@@ -169,6 +175,8 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             batch = await self._collect()
+            if not batch:
+                continue
             started = time.perf_counter()
             for item in batch:
                 self._on_dequeue(started - item.enqueued)

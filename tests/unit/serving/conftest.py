@@ -20,6 +20,7 @@ import uvicorn
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 from roost_serving.app import DataPlane, create_app
+from roost_serving.cli import server_config
 from roost_serving.config import Settings
 
 # V2 datatype -> ONNX element type, for the identity model covering every datatype.
@@ -108,15 +109,8 @@ class RunningServer:
         self.sock.bind(("127.0.0.1", 0))
         port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            self.app,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        # The CLI's own configuration (guarded protocol, limits), on a socket of our own.
+        config = server_config(self.app, settings, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
