@@ -152,8 +152,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self._cancel_timers()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
             self.transport.write(raw_response(status, message))
+        elif not cycle.response_started:
+            # Broken mid-body: answer for the application, which then sees a disconnect.
+            self.transport.write(raw_response(status, message))
+            cycle.disconnected = True
+            cycle.message_event.set()
         log.info("closing connection from %s: %s", self.client, message)
         self.transport.close()
 
