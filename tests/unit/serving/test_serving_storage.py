@@ -78,7 +78,8 @@ def test_a_fetch_that_never_answers_times_out_retries_and_exits(
     assert live.status_code == 200
     assert httpx.get(proc.url + "/v2/health/ready", timeout=1).status_code == 503
     last = _fails(proc)
-    assert "timed out" in last and "after 2 attempts" in last, last
+    assert "timed out" in last, last
+    assert "after 2 attempts" in last, last
     assert time.monotonic() - started < 30
 
 
@@ -153,7 +154,8 @@ def test_a_missing_file_says_so_without_credentials(
     uri = SECRET_URI.format(host=model_origin).replace("forest.onnx", "missing.onnx")
     last = _fails(serve_process({"ROOST_MODEL": uri}, wait_ready=False))
     assert "not found (HTTP 404)" in last
-    assert "hunter2" not in last and "deadbeefcafe" not in last
+    assert "hunter2" not in last
+    assert "deadbeefcafe" not in last
 
 
 @pytest.mark.parametrize(
