@@ -84,6 +84,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._seen_bytes = True
         if not self._reading_body and self._head_timer is None:
             self._arm_head_timer()
+        # Only bytes that arrive while a head is being read count against its limit: a chunk
+        # that ends a body (or starts one) carries body bytes.
+        was_head = not self._reading_body
         self._head_done_in_feed = False
         try:
             self.parser.feed_data(data)
@@ -93,7 +96,7 @@ class GuardedProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
             return
-        if not self._reading_body and not self._head_done_in_feed:
+        if was_head and not self._reading_body and not self._head_done_in_feed:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
                 self._reject(

@@ -56,8 +56,12 @@ def test_oversized_head_gets_431_with_the_error_body(
         status, headers, body = _split(_read_all(conn))
     assert (status, headers["connection"]) == (431, "close")
     assert "--max-header-bytes" in orjson.loads(body)["error"]
-    # A head inside the limit is answered as usual.
+    # A head inside the limit is answered as usual, and body bytes never count against it.
     assert httpx.get(server.url + "/v2", headers={"X-Ok": "a" * 3000}).status_code == 200
+    rows = [[0.5, -1.0, 0.25, 2.0, 0.0]] * 20_000
+    doc = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [20_000, 5], "data": rows}]}
+    big = httpx.post(server.url + "/v2/models/forest/infer", content=orjson.dumps(doc))
+    assert big.status_code == 200, big.text
 
 
 def test_slow_loris_and_silent_clients_are_cut_off(
