@@ -106,9 +106,9 @@ class DataPlane:
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
         self._arriving = 0
-        # Two threads: big requests are decoded in parallel with the model run, and the
-        # number of large decoded bodies alive at once stays small.
-        self._codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="roost-codec")
+        # One thread: big requests are decoded in parallel with the model run, at most one
+        # competes with the event loop for the GIL, and one large decoded body is built at once.
+        self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-codec")
 
     @property
     def ready(self) -> bool:

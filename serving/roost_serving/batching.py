@@ -34,6 +34,10 @@ the worker thread and back costs tens of microseconds of CPU and two context swi
 than a small tabular model's whole run. Slower models run on the worker thread, so the loop
 keeps accepting and decoding requests (and answering probes) while they compute."""
 
+INLINE_MAX_ELEMENTS = 4096
+"""...and only batches this small run inline: the running average says nothing about one
+huge request, whose run on the loop would stall every probe for as long as it computes."""
+
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Mapping[str, np.ndarray]], Tensors]
 BatchHook = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int], None]
@@ -181,7 +185,8 @@ class Batcher:
             for item in batch:
                 self._on_dequeue(started - item.enqueued)
             try:
-                if self._run_seconds < INLINE_RUN_SECONDS:
+                elements = sum(a.size for item in batch for a in item.inputs.values())
+                if self._run_seconds < INLINE_RUN_SECONDS and elements <= INLINE_MAX_ELEMENTS:
                     results = self._execute(batch)
                 else:
                     results = await loop.run_in_executor(self._executor, self._execute, batch)
