@@ -197,7 +197,8 @@ def test_arbitrary_documents_never_get_a_5xx(
     name=st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z").filter(
         lambda n: n.lower() not in FRAMING
     ),
-    value=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    # Printable ASCII without surrounding blanks: what httpx itself agrees to send.
+    value=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip),
 )
 def test_arbitrary_methods_and_headers_never_get_a_5xx(
     client: httpx.Client, method: str, path: str, name: str, value: str
