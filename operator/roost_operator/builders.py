@@ -103,6 +103,8 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
         # After SIGTERM the server stays up but unready this long, so Services, gateways and
         # clients stop sending before the listener closes; well inside the grace period.
         {"name": "ROOST_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
+        # The server fits drain + in-flight requests + exit inside this (the pod's own grace).
+        {"name": "ROOST_GRACE_SECONDS", "value": str(GRACE_SECONDS)},
     ]
     # spec.server.env comes last and wins: server-side apply keys env by name, so a name
     # given twice would be refused rather than overridden.
@@ -115,6 +117,8 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
 
 
 DRAIN_SECONDS = 3
+GRACE_SECONDS = 30
+"""terminationGracePeriodSeconds of serving pods, also told to the server (ROOST_GRACE_SECONDS)."""
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -183,7 +187,7 @@ def build_deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": RUN_AS,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from roost_serving.redact import redact_uri
+
 from roost_operator import builders, conditions, rollout
 from roost_operator.api import REQUEST_KINDS, REQUEST_PREFIX
 from roost_operator.builders import Manifest, Owner
@@ -132,7 +134,8 @@ def _prepare(
     revision = compute_revision(spec, image)
     summary = summarise_pods(pods, spec.server.port)
     state = rollout.RolloutState.from_status(md.status)
-    desired = rollout.RevisionRef(revision=revision, model_uri=spec.model.uri)
+    # status is readable by anyone who can list the object: never the URI's credentials.
+    desired = rollout.RevisionRef(revision=revision, model_uri=redact_uri(spec.model.uri))
     obs = _observations(md, spec, desired, state, summary, None, now)
     return _Prepared(spec, image, revision, summary, state, obs)
 

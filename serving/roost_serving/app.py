@@ -20,6 +20,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -32,13 +33,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
+from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
+from roost_serving.limits import (
+    DEADLINE_HEADER,
+    RETRY_AFTER_SECONDS,
+    ShedError,
+    deadline_exceeded,
+    parse_deadline,
+    parse_header_length,
+    queue_full,
+)
 from roost_serving.metrics import ServingMetrics
 from roost_serving.model import LoadedModel, load_model
 from roost_serving.monitor import DriftMonitor
 from roost_serving.profile import Profile
+from roost_serving.profile_check import check_profile
 from roost_serving.protocol import (
     HEADER_LENGTH,
     BadRequestError,
+    DecodedRequest,
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,
@@ -54,6 +67,7 @@ from roost_serving.protocol import (
     encode_response,
     error_body,
 )
+from roost_serving.redact import redact_uri
 
 log = logging.getLogger("roost.server")
 
@@ -65,6 +79,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXTENSIONS = ["binary_tensor_data"]
 _JSON = b"application/json"
+_CLOSE = (b"connection", b"close")
+
+OFFLOAD_BYTES = 64 * 1024
+"""Bodies larger than this are decoded (and their responses encoded) on a codec thread: a
+16 MiB JSON body takes the CPU for a few hundred milliseconds, which on the event loop would
+delay every other request and the health probes by as much."""
 
 
 class DataPlane:
@@ -82,7 +102,13 @@ class DataPlane:
         self.load_error: str | None = None
         self.shutting_down = False
         self.on_fatal: Callable[[str], None] = lambda _: None
+        self.limits = settings.limits()
+        self.inflight = 0
+        """Inference requests inside the server now (admission control: ``--max-queue``)."""
         self._arriving = 0
+        # One thread: big requests are decoded in parallel with the model run, at most one
+        # competes with the event loop for the GIL, and one large decoded body is built at once.
+        self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-codec")
 
     @property
     def ready(self) -> bool:
@@ -107,15 +133,30 @@ class DataPlane:
             with suppress(asyncio.CancelledError):
                 await loader
             if self.batcher is not None:
-                await self.batcher.stop()
+                # uvicorn has already waited for (or cancelled) the requests; what is still
+                # queued has nobody waiting, so the grace period is not spent on it.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.batcher.stop(), 1.0)
+            self._codec.shutdown(wait=False, cancel_futures=True)
 
     async def _load(self) -> None:
         settings = self.settings
+        policy = FetchPolicy(
+            connect_timeout=settings.fetch_connect_timeout,
+            read_timeout=settings.fetch_read_timeout,
+            attempts=settings.fetch_attempts,
+        )
+        started = time.monotonic()
         try:
-            model = await asyncio.to_thread(
-                load_model, settings.model, settings.sha256, settings.threads
+            model = await fetch_within(
+                settings.fetch_timeout,
+                "model",
+                lambda: load_model(settings.model, settings.sha256, settings.threads, policy),
             )
-            profile = await asyncio.to_thread(self._load_profile)
+            left = settings.fetch_timeout - (time.monotonic() - started)
+            profile = await fetch_within(max(left, 0.001), "profile", lambda: self._profile(policy))
+            if profile is not None and settings.profile is not None:
+                check_profile(profile, model.inputs, model.outputs, redact_uri(settings.profile))
         except RoostError as exc:
             self._fatal(exc.message)
             return
@@ -148,15 +189,15 @@ class DataPlane:
             "on" if batcher.enabled else "off: fixed batch dimension",
         )
 
-    def _load_profile(self) -> Profile | None:
-        if self.settings.profile is None:
+    def _profile(self, policy: FetchPolicy) -> Profile | None:
+        uri = self.settings.profile
+        if uri is None:
             return None
+        raw = fetch_bytes(uri, policy, "profile")
         try:
-            return Profile.load(self.settings.profile)
-        except RoostError:
-            raise
-        except Exception as exc:  # any parse/fetch failure of the profile is a load failure
-            raise RoostError(f"cannot load profile {self.settings.profile}: {exc}") from None
+            return Profile.from_json(raw)
+        except Exception as exc:  # any parse failure of the profile is a load failure
+            raise FetchError(f"cannot load profile {redact_uri(uri)}: {exc}") from None
 
     def _fatal(self, reason: str) -> None:
         self.load_error = reason
@@ -189,23 +230,42 @@ class DataPlane:
             )
         return self.model
 
+    def admit(self) -> None:
+        """Admission control: raise the 503 at once when ``--max-queue`` requests are inside."""
+        if self.inflight >= self.limits.max_queue:
+            raise queue_full(self.inflight, self.limits)
+
     async def infer(
         self, name: str, version: str | None, body: bytes, header_length: int | None
     ) -> tuple[bytes, int | None]:
         """Run one inference request; returns the response body and binary header length."""
+        offload = len(body) > OFFLOAD_BYTES
+        loop = asyncio.get_running_loop()
         self._arriving += 1
         try:
             model = self.loaded_model(name, version)
             batcher = self.batcher
             if batcher is None:
                 raise NotReadyError(f"model {name!r} is not loaded yet")
-            request = decode_request(body, header_length)
+            if offload:
+                request = await loop.run_in_executor(
+                    self._codec, decode_request, body, header_length, self.limits
+                )
+            else:
+                request = decode_request(body, header_length, self.limits)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1
         outputs = await batcher.submit(request.inputs)
-        return encode_response(name, self.version, request, outputs)
+        if offload:
+            return await loop.run_in_executor(self._codec, self._encode, name, request, outputs)
+        return self._encode(name, request, outputs)
+
+    def _encode(
+        self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]
+    ) -> tuple[bytes, int | None]:
+        return encode_response(name, self.version, request, outputs, self.limits)
 
 
 def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
@@ -229,6 +289,8 @@ class InferenceFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection scope."""
+        if scope["type"] == "http" and self.plane.shutting_down:
+            send = _closing(send)
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith("/v2/models/") and path.endswith("/infer"):
@@ -243,31 +305,39 @@ class InferenceFastPath:
     ) -> None:
         plane, metrics = self.plane, self.plane.metrics
         started = time.perf_counter()
-        metrics.inflight.inc()
-        header_length: int | None = None
         content_type = _JSON
+        extra: list[tuple[bytes, bytes]] = []
+        admitted = False
         try:
-            header_length = _header_length(scope)
-            body = await self._read_body(scope, receive)
-            payload, out_length = await plane.infer(name, version, body, header_length)
+            plane.admit()
+            admitted = True
+            plane.inflight += 1
+            metrics.inflight.inc()
+            header_length, deadline_value = _request_headers(scope)
+            seconds = parse_deadline(deadline_value, plane.limits)
+            try:
+                async with asyncio.timeout(seconds):
+                    body = await self._read_body(scope, receive)
+                    payload, out_length = await plane.infer(name, version, body, header_length)
+            except TimeoutError:
+                raise deadline_exceeded(seconds) from None
             status = 200
-            extra: list[tuple[bytes, bytes]] = []
             if out_length is not None:
                 content_type = b"application/octet-stream"
                 extra.append((HEADER_LENGTH.encode(), str(out_length).encode()))
         except RoostError as exc:
-            status, payload, extra, content_type = (
-                exc.status_code,
-                error_body(exc.message),
-                [],
-                _JSON,
-            )
+            status, payload = exc.status_code, error_body(exc.message)
+            if isinstance(exc, ShedError):
+                metrics.count_shed(exc.reason)
+                if exc.status_code == 503:
+                    extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
         except Exception as exc:  # never a stack trace in the body, always a logged one
             log.exception("inference failed")
-            status, payload, extra = 500, error_body(f"internal error: {type(exc).__name__}"), []
-            content_type = _JSON
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
         finally:
-            metrics.inflight.dec()
+            if admitted:
+                plane.inflight -= 1
+                metrics.inflight.dec()
         headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(payload)).encode()),
@@ -305,15 +375,37 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _header_length(scope: Scope) -> int | None:
+def _request_headers(scope: Scope) -> tuple[int | None, bytes | None]:
+    """``Inference-Header-Content-Length`` (parsed) and the raw client deadline header."""
+    length: int | None = None
+    deadline: bytes | None = None
     for key, value in scope["headers"]:
         if key == b"inference-header-content-length":
-            if not value.isdigit():
-                raise BadRequestError(
-                    "Inference-Header-Content-Length must be a non-negative integer"
-                )
-            return int(value)
-    return None
+            length = parse_header_length(value)
+        elif key == DEADLINE_HEADER:
+            deadline = value
+    return length, deadline
+
+
+def _closing(send: Send) -> Send:
+    """``send`` that adds ``Connection: close`` to the response: the server is draining."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+        await send(message)
+
+    return closing_send
+
+
+def _drop_validation_errors(schema: dict[str, Any]) -> None:
+    """Remove FastAPI's automatic 422: path parameters are plain strings, it never happens."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
 
 
 def _empty(ok: bool) -> Response:
@@ -341,7 +433,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        # The headers carry e.g. Allow on a 405.
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request: Request, exc: Exception) -> Response:
+        log.error("request failed", exc_info=exc)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     @app.get("/v2/health/live", status_code=200, response_class=Response)
     async def live() -> Response:
@@ -393,10 +493,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if len(body) > settings.max_body_bytes:
             raise PayloadTooLargeError(_too_large(len(body), settings.max_body_bytes))
         length = request.headers.get(HEADER_LENGTH)
-        if length is not None and not length.isdigit():
-            raise BadRequestError("Inference-Header-Content-Length must be a non-negative integer")
         payload, out_length = await plane.infer(
-            name, version, body, int(length) if length is not None else None
+            name, version, body, parse_header_length(length.encode()) if length else None
         )
         if out_length is None:
             return Response(payload, media_type="application/json")
@@ -417,7 +515,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         },
     }
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorResponse} for code in (400, 404, 413, 500, 503)
+        code: {"model": ErrorResponse} for code in (400, 404, 413, 500, 503, 504)
     }
 
     @app.post(
@@ -448,6 +546,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             for key, value in request_schema.pop("$defs", {}).items():
                 components.setdefault(key, value)
             components["InferenceRequest"] = request_schema
+            _drop_validation_errors(schema)
         return app.openapi_schema or schema
 
     app.openapi = openapi  # type: ignore[method-assign]

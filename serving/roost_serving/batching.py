@@ -36,6 +36,10 @@ the worker thread and back costs tens of microseconds of CPU and two context swi
 than a small tabular model's whole run. Slower models run on the worker thread, so the loop
 keeps accepting and decoding requests (and answering probes) while they compute."""
 
+INLINE_MAX_ELEMENTS = 4096
+"""...and only batches this small run inline: the running average says nothing about one
+huge request, whose run on the loop would stall every probe for as long as it computes."""
+
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Mapping[str, np.ndarray]], Tensors]
 BatchHook = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int], None]
@@ -120,12 +124,16 @@ class Batcher:
         """Pop the head item and every following compatible one that fits in the batch."""
         first = self._queue.popleft()
         batch = [first]
+        if first.future.done():  # its deadline passed while it waited: never run it
+            return []
         if first.rows <= 0 or first.rows >= self._max_rows:
             return batch
         rows = first.rows
         kept: deque[_Item] = deque()
         while self._queue and rows < self._max_rows:
             item = self._queue.popleft()
+            if item.future.done():
+                continue
             if item.key == first.key and item.rows > 0 and rows + item.rows <= self._max_rows:
                 batch.append(item)
                 rows += item.rows
@@ -138,7 +146,7 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         batch = self._take()
-        if not self.enabled or batch[0].rows <= 0:
+        if not batch or not self.enabled or batch[0].rows <= 0:
             return batch
         # Let requests that are already decoded but not yet scheduled reach the queue.
         await asyncio.sleep(0)
@@ -150,6 +158,8 @@ class Batcher:
             if len(self._queue) > leftovers and rows < self._max_rows:
                 self._queue.extendleft(reversed(batch))
                 batch = self._take()
+                if not batch:
+                    return batch
                 leftovers = len(self._queue)
                 continue
             remaining = deadline - time.perf_counter()
@@ -171,11 +181,14 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             batch = await self._collect()
+            if not batch:
+                continue
             started = time.perf_counter()
             for item in batch:
                 self._on_dequeue(started - item.enqueued)
             try:
-                if self._run_seconds < INLINE_RUN_SECONDS:
+                elements = sum(a.size for item in batch for a in item.inputs.values())
+                if self._run_seconds < INLINE_RUN_SECONDS and elements <= INLINE_MAX_ELEMENTS:
                     results = self._execute(batch)
                 else:
                     results = await loop.run_in_executor(self._executor, self._execute, batch)

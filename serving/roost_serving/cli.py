@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -24,6 +27,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from roost_serving import __version__
 from roost_serving.app import DataPlane, create_app
 from roost_serving.config import ConfigError, Settings, add_arguments, settings_from
+from roost_serving.connection import guarded_protocol
 
 log = logging.getLogger("roost.server")
 
@@ -31,16 +35,26 @@ log = logging.getLogger("roost.server")
 class RoostServer(uvicorn.Server):
     """uvicorn server with Kubernetes-style termination.
 
-    On SIGTERM/SIGINT readiness turns false at once; the listener stays open for
-    ``drain_seconds`` (load balancers stop routing meanwhile), then uvicorn stops accepting,
-    lets in-flight requests finish and runs the lifespan shutdown. A second signal forces exit.
+    On SIGTERM/SIGINT readiness turns false at once and every response says
+    ``Connection: close``; the listener stays open for ``drain_seconds`` (load balancers stop
+    routing meanwhile), then uvicorn stops accepting, gives in-flight requests the rest of the
+    grace period (less a margin for the lifespan shutdown) and exits. A watchdog exits the
+    process just before the grace period ends whatever happens, so Kubernetes never has to
+    SIGKILL it. A second signal forces exit.
     """
 
-    def __init__(self, config: uvicorn.Config, plane: DataPlane, drain_seconds: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        plane: DataPlane,
+        drain_seconds: float,
+        grace_seconds: float = 30.0,
+    ) -> None:
         """Wrap uvicorn's server; ``plane`` is told when termination starts."""
         super().__init__(config)
         self.plane = plane
         self.drain_seconds = drain_seconds
+        self.grace_seconds = grace_seconds
         self._exit_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -51,9 +65,17 @@ class RoostServer(uvicorn.Server):
             self.force_exit = True
             self.should_exit = True
             return
-        log.info("received %s: readiness false, draining", signal.Signals(sig).name)
+        log.info(
+            "received %s: readiness false, draining for %g s, exit within %g s",
+            signal.Signals(sig).name,
+            self.drain_seconds,
+            self.grace_seconds,
+        )
         self.plane.begin_shutdown()
         self._exit_at = time.monotonic() + self.drain_seconds
+        watchdog = threading.Timer(max(self.grace_seconds - 0.5, 0.1), _overdue)
+        watchdog.daemon = True
+        watchdog.start()
 
     def stop(self) -> None:
         """Stop without draining (the model cannot be served)."""
@@ -64,6 +86,33 @@ class RoostServer(uvicorn.Server):
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
         return await super().on_tick(counter)
+
+
+def _overdue() -> None:
+    print("roost: error: shutdown overran the grace period; exiting now", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``settings``: the guarded protocol, bounded shutdown."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": guarded_protocol(settings),
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "log_level": settings.log_level,
+        # After the drain, in-flight requests get what is left of the grace period.
+        "timeout_graceful_shutdown": max(1, math.floor(settings.shutdown_budget)),
+        # Clients (and the operator's scrapes) reuse connections; keep them a while.
+        "timeout_keep_alive": 30,
+        "server_header": False,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
 
 
 def _configure_logging(level: str) -> None:
@@ -81,22 +130,8 @@ def serve(settings: Settings) -> int:
     PlatformCollector(registry=registry)
     app = create_app(settings, registry=registry)
     plane: DataPlane = app.state.plane
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=60,
-        # Clients (and the operator's scrapes) reuse connections; keep them a while.
-        timeout_keep_alive=30,
-        server_header=False,
-    )
-    server = RoostServer(config, plane, settings.drain_seconds)
+    config = server_config(app, settings)
+    server = RoostServer(config, plane, settings.drain_seconds, settings.grace_seconds)
     plane.on_fatal = lambda _reason: server.stop()
     try:
         server.run()

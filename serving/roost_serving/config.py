@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from roost_serving.limits import Limits
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -55,6 +57,34 @@ class Settings:
     drain_seconds: float = 0.0
     """After SIGTERM, keep serving this long with readiness false before closing the listener,
     so that load balancers stop sending traffic before connections are refused."""
+    grace_seconds: float = 30.0
+    """The pod's termination grace period: drain plus finishing in-flight requests plus exit
+    always fit inside it (the operator sets it from terminationGracePeriodSeconds)."""
+    max_elements: int = 16 * 1024 * 1024
+    """Most tensor elements in one request (all inputs together); also the largest dimension."""
+    max_response_bytes: int = 128 * 1024 * 1024
+    """Largest response the server builds; larger ones are refused with 400 before encoding."""
+    max_queue: int = 256
+    """Most inference requests inside the server at once; beyond, 503 + Retry-After at once."""
+    request_timeout: float = 30.0
+    """Seconds a request may take inside the server (a client may ask for less); then 504."""
+    max_connections: int = 1024
+    """Most open client connections; beyond, new ones get 503 and are closed."""
+    max_header_bytes: int = 32 * 1024
+    """Largest request line plus headers; larger ones get 431 and the connection is closed."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a whole request head (slow-loris bound); then 408."""
+    read_timeout: float = 30.0
+    """Longest silence while a request body is being read; then the connection is closed."""
+    fetch_timeout: float = 300.0
+    """Bound on fetching the model and profile, all retries included; then exit 1 with the
+    reason (within the operator's 5-minute startup probe)."""
+    fetch_connect_timeout: float = 10.0
+    """Seconds to establish one connection to the model's storage."""
+    fetch_read_timeout: float = 30.0
+    """Longest silence from the storage while reading, per attempt."""
+    fetch_attempts: int = 4
+    """Attempts per file on connection errors, timeouts and 5xx (backoff 0.5 s, doubling)."""
 
     def __post_init__(self) -> None:
         """Reject values the server cannot run with, naming the option to fix."""
@@ -74,14 +104,58 @@ class Settings:
             ("threads", 1),
             ("drift_window", 1),
             ("max_body_bytes", 1024),
+            ("max_elements", 1),
+            ("max_response_bytes", 1024),
+            ("max_queue", 1),
+            ("max_connections", 1),
+            ("max_header_bytes", 1024),
+            ("fetch_attempts", 1),
         ):
             if getattr(self, field) < minimum:
                 flag = "--" + field.replace("_", "-")
                 raise ConfigError(f"{flag} must be at least {minimum}, got {getattr(self, field)}")
         if self.max_delay_ms < 0 or self.drain_seconds < 0:
             raise ConfigError("--max-delay-ms and --drain-seconds must not be negative")
+        for field in _POSITIVE_SECONDS:
+            if not getattr(self, field) > 0:
+                flag = "--" + field.replace("_", "-")
+                raise ConfigError(f"{flag} must be a positive number of seconds")
+        if self.drain_seconds + SHUTDOWN_MARGIN_S >= self.grace_seconds:
+            raise ConfigError(
+                f"--drain-seconds {self.drain_seconds:g} leaves no time to finish in-flight "
+                f"requests inside --grace-seconds {self.grace_seconds:g} (keep it below "
+                f"{self.grace_seconds - SHUTDOWN_MARGIN_S:g})"
+            )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+    def limits(self) -> Limits:
+        """The per-request limits every front end checks."""
+        return Limits(
+            max_elements=self.max_elements,
+            max_response_bytes=self.max_response_bytes,
+            max_queue=self.max_queue,
+            request_timeout_s=self.request_timeout,
+        )
+
+    @property
+    def shutdown_budget(self) -> float:
+        """Seconds in-flight requests get after the drain: the grace period's remainder."""
+        return self.grace_seconds - self.drain_seconds - SHUTDOWN_MARGIN_S
+
+
+SHUTDOWN_MARGIN_S = 2.0
+"""Kept free at the end of the grace period for the lifespan shutdown and process exit."""
+
+_POSITIVE_SECONDS = (
+    "grace_seconds",
+    "request_timeout",
+    "header_timeout",
+    "read_timeout",
+    "fetch_timeout",
+    "fetch_connect_timeout",
+    "fetch_read_timeout",
+)
 
 
 def _optional_str(value: str) -> str | None:
@@ -105,6 +179,19 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_body_bytes": (int, "largest request body accepted (413 above)"),
     "log_level": (str.lower, "log level: " + ", ".join(LOG_LEVELS)),
     "drain_seconds": (float, "after SIGTERM, serve this long with readiness false"),
+    "grace_seconds": (float, "the pod's termination grace period; shutdown fits inside it"),
+    "max_elements": (int, "most tensor elements per request"),
+    "max_response_bytes": (int, "largest response built (400 above)"),
+    "max_queue": (int, "most inference requests inside the server (503 above)"),
+    "request_timeout": (float, "seconds a request may take inside the server (504 after)"),
+    "max_connections": (int, "most open client connections (503 above)"),
+    "max_header_bytes": (int, "largest request head (431 above)"),
+    "header_timeout": (float, "seconds to send a whole request head (408 after)"),
+    "read_timeout": (float, "longest silence while reading a request body"),
+    "fetch_timeout": (float, "bound on fetching model and profile, retries included"),
+    "fetch_connect_timeout": (float, "connect timeout per fetch attempt"),
+    "fetch_read_timeout": (float, "read timeout (silence) per fetch attempt"),
+    "fetch_attempts": (int, "attempts per file on transient fetch errors"),
 }
 
 

@@ -86,7 +86,19 @@ class ServingMetrics:
         # "no data" before the first error and the hot path is a dict lookup.
         self._codes = {
             code: self._requests.labels(model, revision, str(code))
-            for code in (200, 400, 404, 413, 500, 503)
+            for code in (200, 400, 404, 413, 500, 503, 504)
+        }
+        # Overload, apart from failures: canary analysis can tell "too much traffic" from
+        # "broken model" (shed requests are also counted under their code above).
+        self._shed_family = Counter(
+            "roost_requests_shed",
+            "Inference requests refused at once because of overload, by reason.",
+            (*labels, "reason"),
+            registry=registry,
+        )
+        self._shed = {
+            reason: self._shed_family.labels(model, revision, reason)
+            for reason in ("queue_full", "deadline")
         }
 
     def count_request(self, code: int) -> None:
@@ -94,6 +106,13 @@ class ServingMetrics:
         child = self._codes.get(code)
         if child is None:
             child = self._codes[code] = self._requests.labels(*self._values, str(code))
+        child.inc()
+
+    def count_shed(self, reason: str) -> None:
+        """Count one request shed for ``reason`` (``queue_full``, ``deadline``, ...)."""
+        child = self._shed.get(reason)
+        if child is None:
+            child = self._shed[reason] = self._shed_family.labels(*self._values, reason)
         child.inc()
 
     def model_loaded(self, uri: str, sha256: str, platform: str, seconds: float) -> None:

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import onnxruntime as ort
 
+from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes
 from roost_serving.protocol import PLATFORM, RoostError, TensorSpec
+from roost_serving.redact import redact_uri
 
 log = logging.getLogger("roost.model")
 
@@ -48,21 +49,12 @@ class InferenceError(RoostError):
     """onnxruntime rejected the inputs (400) or failed while running (500)."""
 
 
-def read_uri(uri: str) -> bytes:
-    """Read a whole file from a path or fsspec URI (file, http(s), s3 and gs with extras)."""
+def read_uri(uri: str, policy: FetchPolicy | None = None) -> bytes:
+    """Read a whole file from a path or URI, with timeouts and retries (see fetch.py)."""
     try:
-        with fsspec.open(uri, "rb") as handle:
-            data: bytes = handle.read()
-    except ImportError as exc:
-        scheme = uri.split("://", 1)[0]
-        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
-        hint = f"; install roost[{extra}]" if extra else ""
-        raise ModelLoadError(f"cannot read {uri}: {exc}{hint}") from None
-    except FileNotFoundError:
-        raise ModelLoadError(f"cannot read {uri}: no such file") from None
-    except Exception as exc:  # fsspec backends raise their own types; all mean "cannot read"
-        raise ModelLoadError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from None
-    return data
+        return fetch_bytes(uri, policy or FetchPolicy(), "model")
+    except FetchError as exc:
+        raise ModelLoadError(exc.message) from None
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -92,6 +84,7 @@ class LoadedModel:
     """Tensor outputs only: sequence/map outputs (e.g. skl2onnx ZipMap) have no V2 form."""
     sha256: str
     uri: str
+    """Where the model came from, redacted: safe for logs and metric labels."""
     load_seconds: float
     platform: str = PLATFORM
 
@@ -122,14 +115,20 @@ def _short(exc: BaseException) -> str:
     return text.rsplit(" : ", 1)[-1][:500]
 
 
-def load_model(uri: str, sha256: str | None = None, threads: int = 1) -> LoadedModel:
-    """Fetch, verify and load an ONNX model; raise :class:`ModelLoadError` saying why not."""
+def load_model(
+    uri: str, sha256: str | None = None, threads: int = 1, policy: FetchPolicy | None = None
+) -> LoadedModel:
+    """Fetch, verify and load an ONNX model; raise :class:`ModelLoadError` saying why not.
+
+    ``uri`` is only ever shown redacted (no userinfo, no signed-URL query values).
+    """
     started = time.perf_counter()
-    data = read_uri(uri)
+    data = read_uri(uri, policy)
+    shown = redact_uri(uri)
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
         raise ModelLoadError(
-            f"sha256 of {uri} is {digest} but {sha256} was pinned; refusing to serve a model "
+            f"sha256 of {shown} is {digest} but {sha256} was pinned; refusing to serve a model "
             "that is not the one pinned (update the pin or the model)"
         )
     options = ort.SessionOptions()
@@ -141,19 +140,19 @@ def load_model(uri: str, sha256: str | None = None, threads: int = 1) -> LoadedM
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad graph
-        raise ModelLoadError(f"{uri} is not a loadable ONNX model: {_short(exc)}") from None
+        raise ModelLoadError(f"{shown} is not a loadable ONNX model: {_short(exc)}") from None
     inputs = tuple(s for s in (_spec(a, "input") for a in session.get_inputs()) if s)
     outputs = tuple(s for s in (_spec(a, "output") for a in session.get_outputs()) if s)
     skipped = [a.name for a in session.get_outputs() if a.type not in _ORT_TYPES]
     if skipped:
         log.warning("not serving non-tensor outputs %s (no V2 representation)", skipped)
     if not outputs:
-        raise ModelLoadError(f"{uri} has no tensor outputs to serve")
+        raise ModelLoadError(f"{shown} has no tensor outputs to serve")
     return LoadedModel(
         session=session,
         inputs=inputs,
         outputs=outputs,
         sha256=digest,
-        uri=uri,
+        uri=shown,
         load_seconds=time.perf_counter() - started,
     )

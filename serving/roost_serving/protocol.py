@@ -23,6 +23,16 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from roost_serving import limits as checks
+from roost_serving.errors import BadRequestError as BadRequestError
+from roost_serving.errors import NotFoundError as NotFoundError
+from roost_serving.errors import NotReadyError as NotReadyError
+from roost_serving.errors import PayloadTooLargeError as PayloadTooLargeError
+from roost_serving.errors import RoostError as RoostError
+from roost_serving.limits import Limits
+
+DEFAULT_LIMITS = Limits()
+
 PLATFORM = "onnx_onnxv1"
 HEADER_LENGTH = "inference-header-content-length"
 """HTTP header (lower-case, as ASGI delivers it) giving the JSON header's length in bytes."""
@@ -46,41 +56,6 @@ DTYPES: dict[str, np.dtype[Any]] = {
 
 _LE_DTYPES = {name: dt.newbyteorder("<") for name, dt in DTYPES.items() if name != "BYTES"}
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-
-
-class RoostError(Exception):
-    """Base of every error a client sees; the HTTP layer answers ``{"error": message}``."""
-
-    status_code = 500
-
-    def __init__(self, message: str) -> None:
-        """Keep the message a client will read; it should say what is wrong and how to fix it."""
-        super().__init__(message)
-        self.message = message
-
-
-class BadRequestError(RoostError):
-    """The request does not fit the protocol or the model's signature."""
-
-    status_code = 400
-
-
-class NotFoundError(RoostError):
-    """Unknown model name or version."""
-
-    status_code = 404
-
-
-class PayloadTooLargeError(RoostError):
-    """The body is larger than the configured limit."""
-
-    status_code = 413
-
-
-class NotReadyError(RoostError):
-    """The model is not loaded yet, or the server is shutting down."""
-
-    status_code = 503
 
 
 # --- KServe v2 data models ------------------------------------------------------------------
@@ -222,18 +197,10 @@ def _binary_size(params: Any, name: str) -> int | None:
     return size
 
 
-def _element_count(name: str, shape: list[int]) -> int:
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise BadRequestError(f"input {name!r}: shape {shape} has a negative dimension")
-        count *= dim
-    return count
-
-
-def _decode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+def _decode_json_data(
+    name: str, datatype: str, shape: list[int], data: Any, count: int
+) -> np.ndarray:
     """Turn JSON ``data`` (flat or nested, row-major) into an array of the given shape."""
-    count = _element_count(name, shape)
     if not isinstance(data, list):
         data = [data]
     if datatype == "BYTES":
@@ -248,7 +215,7 @@ def _decode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> 
         return flat.reshape(shape)
     target = DTYPES[datatype]
     try:
-        raw = np.asarray(data)
+        raw = _as_array(data)
     except ValueError:
         raise BadRequestError(
             f"input {name!r}: data is ragged; nested lists must all have the same length"
@@ -276,6 +243,23 @@ def _decode_json_data(name: str, datatype: str, shape: list[int], data: Any) -> 
     return raw.astype(target, copy=False).reshape(shape)
 
 
+_SLICE = 2048
+
+
+def _as_array(data: list[Any]) -> np.ndarray:
+    """``np.asarray(data)``, a slice of rows at a time for long lists.
+
+    Converting a list of millions of numbers is one C call that holds the GIL for hundreds of
+    milliseconds; slices give the event loop (health probes) a turn in between.
+    """
+    if len(data) <= _SLICE:
+        return np.asarray(data)
+    parts = [np.asarray(data[i : i + _SLICE]) for i in range(0, len(data), _SLICE)]
+    if len({part.shape[1:] for part in parts}) != 1:
+        raise ValueError("ragged")
+    return np.concatenate(parts)
+
+
 def _exact_integers(name: str, datatype: str, shape: list[int], flat: np.ndarray) -> np.ndarray:
     if not all(type(item) is int for item in flat):
         raise BadRequestError(f"input {name!r}: {datatype} data must be integers")
@@ -295,9 +279,10 @@ def _count_message(name: str, shape: list[int], want: int, got: int) -> str:
     )
 
 
-def _decode_binary(name: str, datatype: str, shape: list[int], chunk: bytes) -> np.ndarray:
+def _decode_binary(
+    name: str, datatype: str, shape: list[int], chunk: bytes, count: int
+) -> np.ndarray:
     """Decode one input's raw little-endian bytes."""
-    count = _element_count(name, shape)
     if datatype == "BYTES":
         items: list[str] = []
         offset = 0
@@ -326,11 +311,14 @@ def _decode_binary(name: str, datatype: str, shape: list[int], chunk: bytes) -> 
     return array.astype(DTYPES[datatype])
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequest:
+def decode_request(
+    body: bytes, header_length: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> DecodedRequest:
     """Decode an inference request body; raise :class:`BadRequestError` saying what to fix.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` value when the binary
     extension is used: the first ``header_length`` bytes are JSON, the rest tensor data.
+    Shapes, element counts, input counts and repeated outputs are checked against ``limits``.
     """
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -358,8 +346,10 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
     params = obj.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise BadRequestError(_validation_message(obj))
+    checks.check_input_count(len(inputs_obj), limits)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
+    total = 0
     for item in inputs_obj:
         if not isinstance(item, dict):
             raise BadRequestError(_validation_message(obj))
@@ -377,6 +367,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
             )
         if name in inputs:
             raise BadRequestError(f"input {name!r} is given twice")
+        count = checks.check_shape(name, shape, limits)
+        total += count
+        checks.check_total_elements(total, limits)
         size = _binary_size(item.get("parameters"), name)
         if size is not None:
             if offset + size > len(binary):
@@ -384,13 +377,13 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
                     f"input {name!r}: binary_data_size {size} runs past the end of the body"
                 )
             inputs[name] = _decode_binary(
-                name, datatype, shape, bytes(binary[offset : offset + size])
+                name, datatype, shape, bytes(binary[offset : offset + size]), count
             )
             offset += size
         elif "data" not in item:
             raise BadRequestError(f"input {name!r} has neither data nor binary_data_size")
         else:
-            inputs[name] = _decode_json_data(name, datatype, shape, item["data"])
+            inputs[name] = _decode_json_data(name, datatype, shape, item["data"], count)
     if offset != len(binary):
         raise BadRequestError(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input's "
@@ -417,6 +410,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
                     decoded.binary_outputs.add(out["name"])
             elif decoded.binary_default:
                 decoded.binary_outputs.add(out["name"])
+        checks.check_output_names(names)
         decoded.outputs = names
     return decoded
 
@@ -491,14 +485,42 @@ def _json_data(array: np.ndarray, datatype: str) -> Any:
     return np.ascontiguousarray(array).ravel()
 
 
+# Upper bounds of one element's JSON text by item size (a float64 prints up to 24 characters).
+_JSON_WIDTH = {1: 6, 2: 9, 4: 16, 8: 25}
+
+
+def response_size(
+    request: DecodedRequest, names: Sequence[str], outputs: Mapping[str, np.ndarray]
+) -> int:
+    """Bytes the encoded response will take, estimated from above without encoding it."""
+    binary_default = request.binary_default and request.outputs is None
+    total = 256
+    for name in names:
+        array = outputs[name]
+        binary = binary_default or name in request.binary_outputs
+        if array.dtype.kind in "OUS":
+            # BYTES: 4-byte length prefixes (binary) or quotes, commas and escapes (JSON).
+            text = sum(len(str(item)) for item in array.ravel())
+            total += text + 4 * array.size if binary else 6 * text + 3 * array.size
+        else:
+            width = 1 if binary else _JSON_WIDTH.get(array.dtype.itemsize, 25)
+            total += array.size * (array.dtype.itemsize if binary else width) + 64
+    return total
+
+
 def encode_response(
     model_name: str,
     model_version: str | None,
     request: DecodedRequest,
     outputs: Mapping[str, np.ndarray],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[bytes, int | None]:
-    """Encode a response; returns the body and the JSON header length when binary data follows."""
+    """Encode a response; returns the body and the JSON header length when binary data follows.
+
+    A response larger than ``limits.max_response_bytes`` is refused (400) before it is built.
+    """
     names = request.outputs if request.outputs is not None else list(outputs)
+    checks.check_response_size(response_size(request, names, outputs), limits)
     binary_default = request.binary_default and request.outputs is None
     json_outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []

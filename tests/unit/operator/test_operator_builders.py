@@ -77,8 +77,12 @@ class TestDeployment:
         assert env["POD_NAMESPACE"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
     def test_pods_drain_before_closing_and_spec_env_overrides_by_name(self) -> None:
-        env = env_of(builders.build_deployment(OWNER, spec(), REV, 1, "img:1"))
+        deployment = builders.build_deployment(OWNER, spec(), REV, 1, "img:1")
+        env = env_of(deployment)
         assert env["ROOST_DRAIN_SECONDS"] == "3"
+        # The server bounds its shutdown by the pod's own grace period.
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert env["ROOST_GRACE_SECONDS"] == str(grace)
         s = spec(server={"env": [{"name": "ROOST_DRAIN_SECONDS", "value": "10"}]})
         d = builders.build_deployment(OWNER, s, REV, 1, "img:1")
         names = [e["name"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]]

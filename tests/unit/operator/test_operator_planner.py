@@ -114,6 +114,18 @@ class TestFirstRevision:
         }
         assert any(e.reason == "Ready" for e in plan.events)
 
+    def test_credentials_in_the_model_uri_stay_out_of_status_and_events(self) -> None:
+        uri = "https://bob:s3cr3tpass@models.example/wine.onnx?X-Amz-Signature=abcdef123"
+        plan, _ = settle({"model": {"uri": uri}, "replicas": 1}, 1)
+        shown = "https://***@models.example/wine.onnx?X-Amz-Signature=***"
+        assert plan.status["stable"]["modelUri"] == shown
+        text = repr(plan.status) + repr(plan.events)
+        assert "s3cr3tpass" not in text
+        assert "abcdef123" not in text
+        # The pod itself still gets the real URI (from the spec) to fetch the model.
+        env = next(iter(deployments(plan).values()))["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "ROOST_MODEL", "value": uri} in env["env"]
+
     def test_steady_state_changes_nothing(self) -> None:
         spec = {"model": V1, "replicas": 2}
         plan, rev = settle(spec, 2)

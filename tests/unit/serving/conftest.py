@@ -7,12 +7,16 @@ background thread so tests can read its injected metrics registry.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -20,6 +24,7 @@ import uvicorn
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 from roost_serving.app import DataPlane, create_app
+from roost_serving.cli import server_config
 from roost_serving.config import Settings
 
 # V2 datatype -> ONNX element type, for the identity model covering every datatype.
@@ -108,15 +113,8 @@ class RunningServer:
         self.sock.bind(("127.0.0.1", 0))
         port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            self.app,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        # The CLI's own configuration (guarded protocol, limits), on a socket of our own.
+        config = server_config(self.app, settings, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -161,3 +159,74 @@ def forest_server(serving_models: dict[str, Path]) -> Iterator[RunningServer]:
     server = RunningServer(Settings(model=str(serving_models["forest"]), name="forest"))
     yield server
     server.stop()
+
+
+def free_port() -> int:
+    """An unused loopback port (the server binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeProcess:
+    """A real ``roost serve`` process on 127.0.0.1, configured through ROOST_* variables."""
+
+    def __init__(self, env: dict[str, str], wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roost_serving", "serve"],
+            env={**os.environ, "ROOST_PORT": str(self.port), "ROOST_LOG_LEVEL": "warning", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"roost serve did not become ready: {self.proc.communicate(timeout=5)}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def serve_process() -> Iterator[type[ServeProcess]]:
+    """Start ``roost serve`` processes for a test; all are killed afterwards."""
+    started: list[ServeProcess] = []
+
+    class _Tracked(ServeProcess):
+        def __init__(self, env: dict[str, str], wait_ready: bool = True) -> None:
+            started.append(self)
+            super().__init__(env, wait_ready)
+
+    yield _Tracked
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def identity_process(serving_models: dict[str, Path]) -> Iterator[ServeProcess]:
+    """One ``roost serve`` of the every-datatype identity model, shared by a module."""
+    proc = ServeProcess(
+        {
+            "ROOST_MODEL": str(serving_models["identity"]),
+            "ROOST_NAME": "id",
+            "ROOST_MAX_BODY_BYTES": str(1 << 20),
+            "ROOST_MAX_ELEMENTS": "65536",
+        }
+    )
+    yield proc
+    proc.stop()

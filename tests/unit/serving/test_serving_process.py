@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +148,63 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
     assert response.startswith(b"HTTP/1.1 200"), response
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
+
+
+def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
+    serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
+) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "ROOST_MODEL": str(serving_models["forest"]),
+        "ROOST_NAME": "forest",
+        "ROOST_PORT": str(port),
+        "ROOST_DRAIN_SECONDS": "1",
+        "ROOST_GRACE_SECONDS": "6",
+    }
+    proc = _start(env)
+    processes.append(proc)
+    _wait_ready(url, proc)
+    statuses: Counter[int] = Counter()
+    failed: list[str] = []
+    closes = Counter[str]()
+    lock = threading.Lock()
+
+    noticed = threading.Event()
+
+    def client() -> None:
+        # Keep-alive clients, as gateways and SDKs are. They keep sending through SIGTERM
+        # until the endpoint is gone ("noticed", half-way through the drain, as a load
+        # balancer that watches readiness would); a request sent is never left unanswered.
+        with httpx.Client(timeout=10) as session:
+            while not noticed.is_set():
+                try:
+                    response = session.post(url + "/v2/models/forest/infer", content=ROW)
+                except httpx.TransportError as exc:
+                    with lock:
+                        failed.append(repr(exc))
+                    return
+                with lock:
+                    statuses[response.status_code] += 1
+                    closes[response.headers.get("connection", "keep-alive")] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    noticed.set()
+    _, stderr = proc.communicate(timeout=30)
+    exited = time.monotonic() - signalled
+    for thread in threads:
+        thread.join(timeout=30)
+    print(
+        f"drain under load: {dict(statuses)}, {dict(closes)}, failed {len(failed)}, {exited:.2f} s"
+    )
+    assert proc.returncode == 0, stderr
+    assert failed == [], failed
+    assert set(statuses) == {200}, statuses
+    assert closes["close"] >= 1  # responses during the drain told clients to reconnect
+    assert exited < 6, exited  # inside the grace period the pod was given

@@ -1,0 +1,219 @@
+"""Per-connection bounds on top of uvicorn's httptools protocol.
+
+uvicorn (0.54, httptools) accepts request heads of any size, waits forever for a client that
+connects and sends nothing (or one byte every few seconds), and answers framing errors with a
+plain-text body. :func:`guarded_protocol` returns a protocol class that adds, per connection:
+
+- a request-head size limit (``--max-header-bytes``): 431 and close;
+- a request-head deadline from the first byte (or from connect) (``--header-timeout``): 408;
+- a body read timeout, the longest silence while a body is read (``--read-timeout``): close,
+  which the application sees as a disconnect;
+- a connection limit (``--max-connections``): 503 for connections beyond it;
+- the Open Inference Protocol error body ``{"error": ...}`` on every answer it gives itself;
+- a graceful shutdown that lets a connection accepted just before the listener closed send its
+  request (answered with ``Connection: close``) instead of dropping it unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from roost_serving.config import Settings
+from roost_serving.protocol import error_body
+
+log = logging.getLogger("roost.connection")
+
+FRESH_CONNECTION_GRACE_S = 1.0
+"""At shutdown, how long a connection that has not sent a byte yet may still send a request."""
+
+
+def raw_response(status: int, message: str, extra: bytes = b"") -> bytes:
+    """A complete HTTP/1.1 response with the JSON error body that closes the connection."""
+    body = error_body(message)
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+    ).encode()
+    return head + extra + b"\r\n" + body
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head, time and connection bounds."""
+
+    max_header_bytes = 32 * 1024
+    header_timeout = 10.0
+    read_timeout = 30.0
+    max_connections = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Same arguments as uvicorn's protocol."""
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._reading_body = False
+        self._head_done_in_feed = False
+        self._seen_bytes = False
+        self._draining = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Refuse connections beyond the limit; start the head clock."""
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._reject(503, f"too many connections (--max-connections {self.max_connections})")
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the timers with the connection."""
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; answer framing errors and oversized heads with a JSON body."""
+        self._unset_keepalive_if_required()
+        self._seen_bytes = True
+        if not self._reading_body and self._head_timer is None:
+            self._arm_head_timer()
+        # Only bytes that arrive while a head is being read count against its limit: a chunk
+        # that ends a body (or starts one) carries body bytes.
+        was_head = not self._reading_body
+        self._head_done_in_feed = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"invalid HTTP request: {exc}")
+            return
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+            return
+        if was_head and not self._reading_body and not self._head_done_in_feed:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._reject(
+                    431,
+                    f"request line and headers exceed {self.max_header_bytes} bytes "
+                    "(--max-header-bytes)",
+                )
+
+    # --- parser callbacks ---------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        """The head is in: stop its clock, start the body's."""
+        self._head_done_in_feed = True
+        self._head_bytes = 0
+        self._cancel(self._head_timer)
+        self._head_timer = None
+        self._reading_body = True
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+        self._arm_body_timer()
+
+    def on_body(self, body: bytes) -> None:
+        """Every body chunk restarts the read timeout."""
+        self._arm_body_timer()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        """The whole request is in."""
+        self._reading_body = False
+        self._cancel(self._body_timer)
+        self._body_timer = None
+        super().on_message_complete()
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Close idle connections; let fresh or half-received ones finish their one request."""
+        self._draining = True
+        if self.cycle is None and not self._seen_bytes:
+            # Accepted just before the listener closed: its request may be on the way.
+            self.loop.call_later(FRESH_CONNECTION_GRACE_S, self._close_if_unused)
+            return
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self._head_bytes > 0 and not self._reading_body:
+            return  # mid-head: it gets its answer (with Connection: close) or the head timeout
+        super().shutdown()
+
+    def _close_if_unused(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _reject(self, status: int, message: str) -> None:
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(raw_response(status, message))
+        elif not cycle.response_started:
+            # Broken mid-body: answer for the application, which then sees a disconnect.
+            self.transport.write(raw_response(status, message))
+            cycle.disconnected = True
+            cycle.message_event.set()
+        log.info("closing connection from %s: %s", self.client, message)
+        self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel(self._head_timer)
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _arm_body_timer(self) -> None:
+        self._cancel(self._body_timer)
+        self._body_timer = self.loop.call_later(self.read_timeout, self._body_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined request is being answered; its own deadline applies
+        if self._seen_bytes or not self._draining:
+            self._reject(
+                408,
+                f"request head not received within {self.header_timeout:g} s (--header-timeout)",
+            )
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._reading_body and not self.transport.is_closing():
+            log.info(
+                "closing connection from %s: no body data for %g s (--read-timeout)",
+                self.client,
+                self.read_timeout,
+            )
+            self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        self._cancel(self._head_timer)
+        self._cancel(self._body_timer)
+        self._head_timer = self._body_timer = None
+
+    @staticmethod
+    def _cancel(timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
+    """The protocol class for uvicorn's ``http=`` option, with ``settings``' bounds."""
+    return type(
+        "RoostHttpProtocol",
+        (GuardedProtocol,),
+        {
+            "max_header_bytes": settings.max_header_bytes,
+            "header_timeout": settings.header_timeout,
+            "read_timeout": settings.read_timeout,
+            "max_connections": settings.max_connections,
+        },
+    )
