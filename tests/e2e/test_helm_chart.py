@@ -160,7 +160,7 @@ def release(helm: Helm, kube_api: KubeApi, namespace: str, crd: None) -> Iterato
     helm("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
 
 
-def test_install_reconciles_canary_helm_test_and_uninstall(
+def test_install_reconciles_helm_test_and_uninstall(
     helm: Helm,
     kube_api: KubeApi,
     kubeconfig: Path,
