@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from e2e.operator_fixtures import api_client
+from kubernetes import client
 from roost_devcluster import controlplane, podrunner
 from roost_devcluster.kubeapi import ApiError, KubeApi, api_path
 from roost_devcluster.paths import Layout
@@ -114,11 +115,8 @@ def kubeconfig(cluster: controlplane.Cluster) -> Path:
 @pytest.fixture(scope="session")
 def kube(kubeconfig: Path) -> Iterator[client.ApiClient]:
     """The official Kubernetes client, configured for the test cluster."""
-    api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig)
-    )
-    yield api_client
-    api_client.close()  # type: ignore[no-untyped-call]
+    with api_client(kubeconfig) as api:
+        yield api
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 from roost_devcluster.net import free_port
 
@@ -162,3 +164,15 @@ def operator_process(
     yield start
     for op in started:
         op.stop()
+
+
+@contextmanager
+def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    """The official Kubernetes client for `kubeconfig`, closed afterwards."""
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
+    try:
+        yield api
+    finally:
+        api.close()  # type: ignore[no-untyped-call]

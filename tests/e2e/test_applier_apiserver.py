@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from crd_install import install_crd
-from e2e.operator_fixtures import OperatorProcess
-from kubernetes import client, config
+from e2e.operator_fixtures import OperatorProcess, api_client
+from kubernetes import client
 from roost_devcluster import controlplane
 from roost_devcluster.kubeapi import KubeApi, api_path
 from roost_devcluster.waiting import wait_for
@@ -39,12 +39,9 @@ RESOURCES = {
 
 @pytest.fixture(scope="module")
 def kube(apiserver: controlplane.Cluster) -> Iterator[client.ApiClient]:
-    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(apiserver.kubeconfig)
-    )
-    install_crd(api)
-    yield api
-    api.close()  # type: ignore[no-untyped-call]
+    with api_client(apiserver.kubeconfig) as api:
+        install_crd(api)
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -143,13 +143,18 @@ def test_serving_install_line_imports_the_s3_and_gcs_filesystems(tmp_path: Path)
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        for stale in venv.parent.glob("serving-*"):  # envs of older pyproject.toml versions
+            if stale != building:
+                shutil.rmtree(stale, ignore_errors=True)
         building.rename(venv)  # only a complete install is ever reused
     done = subprocess.run(
         [str(python), "-c", SERVING_IMPORTS], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "s3 s3fs.core S3FileSystem" in done.stdout, done.stdout
-    assert "gs gcsfs.core GCSFileSystem" in done.stdout, done.stdout
+    found = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert found["s3"].startswith("s3fs."), found
+    assert found["gs"].startswith("gcsfs."), found
+    assert found["gcs"] == found["gs"], found
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
