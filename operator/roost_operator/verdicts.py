@@ -110,6 +110,13 @@ class GateVerdict:
         return out
 
 
+# Why a gate may have nothing to judge, said where the user will look.
+_HINTS = {
+    "drift": "no roost_feature_bin_total from the canary (is spec.model.profileUri set?)",
+    "divergence": "no roost_predictions_total from canary or stable yet",
+}
+
+
 def _pp(v: float) -> str:
     return f"{100 * v:+.2f} pp".replace("-", "\N{MINUS SIGN}")
 
@@ -177,7 +184,7 @@ def _latency_gate(
     if edge is not None and math.isfinite(edge) and n_c > 0:
         # The canary's threshold: the first bound at or above ratio x edge (rounding the
         # ratio up keeps the test valid; the docs state the smallest resolvable ratio).
-        scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-6)), None)
+        scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-3)), None)
         if scaled is not None:
             slow = _above(canary.buckets, scaled)
             n_s = stable.buckets.get(math.inf, 0.0)
@@ -319,7 +326,8 @@ def _bins_verdict(
     alpha: float,
 ) -> GateVerdict:
     if state.w.size == 0:
-        return GateVerdict(name, mode, "inconclusive", margin=margin, words=f"{name}: no data yet")
+        hint = _HINTS.get(name, "no data yet")
+        return GateVerdict(name, mode, "inconclusive", margin=margin, words=f"{name}: {hint}")
     est, lo, hi = float(state.estimate[worst]), float(lower[worst]), float(upper[worst])
     shown = f", {effect_name} {effect:.3f}" if effect is not None else ""
     words = (

@@ -163,3 +163,18 @@ def test_status_round_trip_is_exact(k: int, data: st.DataObject) -> None:
 def test_malformed_status_starts_afresh() -> None:
     assert sq.DiffState.from_status({"w": [1.0]}, 2).w.tolist() == [0.0, 0.0]
     assert sq.DiffState.from_status("junk", 1).w.tolist() == [0.0]
+
+
+def test_mixture_radius_solves_the_one_sided_mixture_martingale() -> None:
+    from scipy.optimize import brentq
+    from scipy.special import log_ndtr
+
+    for v, rho, alpha in [(1.0, 1.0, 0.05), (1e4, 10.0, 0.01), (0.1, 5.0, 0.001), (50, 50, 0.2)]:
+
+        def log_m(s: float, v: float = v, rho: float = rho) -> float:
+            z = s / np.sqrt(v + rho)
+            return float(np.log(2) + 0.5 * np.log(rho / (v + rho)) + z * z / 2 + log_ndtr(z))
+
+        exact = brentq(lambda s: log_m(s) - np.log(1 / alpha), 0, 1e4)  # noqa: B023
+        got = sq.mixture_radius(np.asarray(v), np.asarray(rho), alpha)
+        assert float(got) == pytest.approx(exact, rel=1e-3)
