@@ -128,6 +128,10 @@ class ErrorRateGate:
 
     margin: float = 0.005
     """Largest tolerated excess, as a share (0.005 = 0.5 percentage points)."""
+    client_error_margin: float | None = None
+    """Opt-in: also test the canary's 4xx share against the stable's with this margin (a
+    canary refusing requests the stable accepts); off by default, so malformed requests from
+    clients never fail a canary."""
     mode: GateMode = "enforce"
 
 
@@ -339,7 +343,9 @@ def _gates(raw: Any) -> GatesSpec:
         margin = _number(e, "margin", w, 0, 1)
         margin = margin if margin is not None else _number(e, "max", w, 0, 1)
         out["error_rate"] = ErrorRateGate(
-            margin=0.005 if margin is None else margin, mode=_mode(e, w)
+            margin=0.005 if margin is None else margin,
+            client_error_margin=_number(e, "clientErrorMargin", w, 0, 1),
+            mode=_mode(e, w),
         )
     if isinstance(lat := gates.get("latency"), Mapping):
         w = f"{where}.latency"

@@ -34,7 +34,13 @@ import numpy as np
 from roost_serving import drift
 
 from roost_operator import sequential as sq
-from roost_operator.spec import AnalysisSpec, DivergenceGate, DriftGate, LatencyGate
+from roost_operator.spec import (
+    AnalysisSpec,
+    DivergenceGate,
+    DriftGate,
+    ErrorRateGate,
+    LatencyGate,
+)
 
 CLASSES = ("2xx", "4xx", "5xx", "overload")
 """How request codes are shown; only ``5xx`` (server errors) is judged."""
@@ -141,12 +147,18 @@ def _diff_state(raw: Any, k: int) -> sq.DiffState:
 
 
 def _error_gate(
-    evidence: dict[str, Any], canary: Counts, stable: Counts, margin: float, alpha: float
+    evidence: dict[str, Any],
+    key: str,
+    what: str,
+    canary: Counts,
+    stable: Counts,
+    margin: float,
+    alpha: float,
 ) -> tuple[str, float, float, float]:
-    state = _diff_state(evidence.get("errorRate"), 1)
+    state = _diff_state(evidence.get(key), 1)
     c, s = canary.by_class(), stable.by_class()
-    state = sq.update(state, [c["5xx"]], [canary.total], [s["5xx"]], [stable.total])
-    evidence["errorRate"] = state.to_status()
+    state = sq.update(state, [c[what]], [canary.total], [s[what]], [stable.total])
+    evidence[key] = state.to_status()
     code, lower, upper = sq.judge_many(state, alpha, margin)
     return sq.VERDICTS[int(code)], float(state.estimate[0]), float(lower[0]), float(upper[0])
 
@@ -368,18 +380,7 @@ def judge_interval(
     ev["intervals"] = int(ev.get("intervals") or 0) + 1
     out: list[GateVerdict] = []
     if g.error_rate is not None:
-        verdict, est, lo, hi = _error_gate(ev, canary, stable, g.error_rate.margin, alpha)
-        c = totals["canary"]
-        words = (
-            f"5xx {_pp(est) if math.isfinite(est) else 'n/a'} {_interval(lo, hi)}, margin "
-            f"{_pp(g.error_rate.margin)}: {_outcome(verdict, 1 - alpha)} (canary {int(c['5xx'])}"
-            f" 5xx, {int(c['overload'])} overload 503/504, {int(c['4xx'])} 4xx of "
-            f"{int(sum(c.values()))})"
-        )
-        out.append(
-            GateVerdict("errorRate", g.error_rate.mode, verdict, est, lo, hi,
-                        g.error_rate.margin, None, words)
-        )  # fmt: skip
+        out.extend(_error_gates(ev, canary, stable, g.error_rate, totals["canary"], alpha))
     if g.latency is not None and g.latency.max_ratio is not None:
         verdict, est, lo, hi, ratio = _latency_gate(ev, canary, stable, g.latency, alpha)
         q = f"p{100 * g.latency.quantile:g}"
@@ -411,6 +412,33 @@ def judge_interval(
             else "not sure yet: " + ", ".join(waiting)
         )
     return Judged(verdict, tuple(out), ev, served, message)
+
+
+def _error_gates(
+    ev: dict[str, Any],
+    canary: Counts,
+    stable: Counts,
+    gate: ErrorRateGate,
+    seen: Mapping[str, float],
+    alpha: float,
+) -> list[GateVerdict]:
+    """``errorRate`` (5xx) and, when asked for, ``clientErrors`` (4xx); they share the gate's
+    alpha."""
+    tests = [("errorRate", "5xx", gate.margin)]
+    if gate.client_error_margin is not None:
+        tests.append(("clientErrors", "4xx", gate.client_error_margin))
+    share = alpha / len(tests)
+    out = []
+    for name, what, margin in tests:
+        verdict, est, lo, hi = _error_gate(ev, name, what, canary, stable, margin, share)
+        words = (
+            f"{what} {_pp(est) if math.isfinite(est) else 'n/a'} {_interval(lo, hi)}, margin "
+            f"{_pp(margin)}: {_outcome(verdict, 1 - share)} (canary {int(seen['5xx'])} 5xx, "
+            f"{int(seen['overload'])} overload 503/504, {int(seen['4xx'])} 4xx of "
+            f"{int(sum(seen.values()))})"
+        )
+        out.append(GateVerdict(name, gate.mode, verdict, est, lo, hi, margin, None, words))
+    return out
 
 
 def _add_classes(raw: Any, counts: Mapping[str, float]) -> dict[str, float]:

@@ -289,3 +289,17 @@ async def test_forget_drops_baselines(pod: PodFactory, source: PodsSource) -> No
     canary.serve(100)
     result = await analyst([canary], [stable])
     assert "collecting baseline" in result.message
+
+
+async def test_client_error_margin_catches_a_canary_refusing_requests(
+    pod: PodFactory, source: PodsSource
+) -> None:
+    canary, stable = await pod("canary"), await pod("stable")
+    analyst = Analyst(source, _spec({"errorRate": {"margin": 0.005, "clientErrorMargin": 0.05}}))
+    await _baseline(analyst, canary, stable)
+    canary.serve(300, code="400")  # the stable answers the same rows with 200
+    stable.serve(900)
+    result = await analyst([canary], [stable])
+    assert result.verdict == "fail"
+    assert [g.name for g in result.gates if g.verdict == "fail"] == ["clientErrors"]
+    assert "4xx +100.00 pp" in result.message
