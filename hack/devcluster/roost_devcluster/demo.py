@@ -82,10 +82,10 @@ def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
                     "minRequests": 20,
                     "failureLimit": 2,
                     "gates": {
-                        "errorRate": {"max": 0.05},
+                        "errorRate": {"margin": 0.05},
                         "latency": {"maxP99Seconds": 0.5},
-                        "drift": {"maxPSI": 0.4},
-                        "divergence": {"maxJSDistance": 0.3},
+                        "drift": {"margin": 0.2},
+                        "divergence": {"margin": 0.1},
                     },
                 },
             },
