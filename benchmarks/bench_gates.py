@@ -106,7 +106,8 @@ def _canary_predictions(cell: Cell, p: np.ndarray) -> np.ndarray:
         q = 0.8 * q + 0.2 * np.eye(len(q))[0]
     elif cell.prediction in ("mass-5", "at-margin"):
         moved = 0.05 if cell.prediction == "mass-5" else MARGINS["divergence"]
-        top, low = int(np.argmax(q)), int(np.argmin(q))
+        top = int(np.argmax(q))
+        low = int(np.argmin(q)) if np.ptp(q) > 0 else len(q) - 1
         shift = min(moved, q[top])
         q[top] -= shift
         q[low] += shift
