@@ -43,7 +43,13 @@ class OperatorProcess:
 
     def start(self) -> None:
         """Start the operator and wait (bounded) until its liveness endpoint answers."""
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # The test Prometheus scrapes every 2 s: intervals of 6 s hold enough scrapes, and six
+        # of them (the sequential tests' floor) fit the scenarios' time bounds.
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "ROOST_OPERATOR_PROMETHEUS_MIN_WINDOW": "6",
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
