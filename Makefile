@@ -66,6 +66,7 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_overload.py
 	$(BIN)/python benchmarks/bench_drift.py
+	$(BIN)/python benchmarks/bench_gates.py
 
 # Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
 images:

@@ -31,7 +31,7 @@ from roost_serving import drift, export, profile
 from sklearn.datasets import load_wine, make_classification
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 
 HERE = Path(__file__).resolve().parent
 SEED = 20240611
@@ -72,6 +72,7 @@ def write_model(
     names: list[str],
     traffic: Matrix,
     description: str,
+    bins: int = 10,
 ) -> str:
     """Convert, verify on the training rows, profile on them, and write the three files."""
     x32 = train.astype(np.float32)
@@ -83,7 +84,7 @@ def write_model(
         )
     dest.mkdir(parents=True)
     (dest / "model.onnx").write_bytes(onx)
-    prof = profile.build_profile(train, str(dest / "model.onnx"), feature_names=names)
+    prof = profile.build_profile(train, str(dest / "model.onnx"), feature_names=names, bins=bins)
     prof.save(str(dest / "profile.json"))
     sample = {
         "description": description,
@@ -148,6 +149,14 @@ def build_wine_constant(dest: Path) -> str:
     return write_model(dest, clf, x, names, wine_traffic(x), "wine traffic (13 features)")
 
 
+def build_wine_regressor(dest: Path) -> str:
+    # A regressor (the wine class as a number) profiled over 20 output bins: the e2e tests
+    # canary a copy of it against itself at low traffic (an A/A rollout that must pass).
+    x, y, names = wine()
+    reg = LinearRegression().fit(x, y.astype(np.float64))
+    return write_model(dest, reg, x, names, wine_traffic(x), "wine traffic (13 features)", 20)
+
+
 def build_bench_rf20(dest: Path) -> str:
     # The serving benchmark model: 100 trees of depth 8 over 20 features.
     x, y = make_classification(
@@ -168,6 +177,7 @@ MODELS: dict[str, Callable[[Path], str]] = {
     "wine-bad-signature": build_wine_bad_signature,
     "wine-shifted": build_wine_shifted,
     "wine-constant": build_wine_constant,
+    "wine-regressor": build_wine_regressor,
     "bench-rf20": build_bench_rf20,
 }
 

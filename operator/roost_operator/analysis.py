@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -337,9 +338,16 @@ class AnalysisSources:
     Prometheus server.
     """
 
-    def __init__(self, *, pods_timeout_seconds: float = 2.0) -> None:
+    def __init__(
+        self, *, pods_timeout_seconds: float = 2.0, prometheus_min_window: float | None = None
+    ) -> None:
         self.pods = PodsSource(timeout_seconds=pods_timeout_seconds)
         self._prometheus: dict[str, PrometheusSource] = {}
+        # Shortest Prometheus interval: two scrapes must fit inside it. 30 s suits the usual
+        # 15 s scrape interval; ROOST_OPERATOR_PROMETHEUS_MIN_WINDOW overrides it (e.g. for a
+        # Prometheus scraping every 2 s, as the e2e tests run it).
+        env = os.environ.get("ROOST_OPERATOR_PROMETHEUS_MIN_WINDOW")
+        self._min_window = prometheus_min_window or (float(env) if env else 30.0)
 
     def for_spec(self, analysis: AnalysisSpec) -> AnalysisSource:
         """The source `spec.rollout.analysis` asks for (`spec.parse_spec` checked its URL)."""
@@ -347,7 +355,7 @@ class AnalysisSources:
             return self.pods
         url = analysis.prometheus_url
         if url not in self._prometheus:
-            self._prometheus[url] = PrometheusSource(url)
+            self._prometheus[url] = PrometheusSource(url, min_window_seconds=self._min_window)
         return self._prometheus[url]
 
     def forget(self, namespace: str, name: str) -> None:

@@ -47,10 +47,13 @@ Smaller values detect large effects sooner, larger ones small effects; 400 effec
 (e.g. 440 canary against 4,000 stable requests) sits between the low- and high-traffic cells of
 the benchmark."""
 
+MIN_INTERVALS = 6
+"""Intervals with evidence before a difference has finite bounds (and so any verdict)."""
+
 PRIOR = 0.5
 """Pseudo-counts added to each arm's successes and failures for the variance estimate only."""
 
-FIELDS = ("w", "wy", "a_c", "a_s", "x_c", "n_c", "x_s", "n_s")
+FIELDS = ("w", "wy", "a_c", "a_s", "x_c", "n_c", "x_s", "n_s", "q0", "q1", "q2", "m")
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class DiffState:
 
     `w` sum of weights, `wy` weighted sum of the interval estimates, `a_c`/`a_s` sums of
     ``w^2 / n`` per arm (the variance factors), `x_*`/`n_*` pooled successes and trials per arm
-    (for the variance's rates and for display). A one-sample difference (against a known
-    reference such as the profile's frequencies) has `n_s` = `a_s` = 0.
+    (for the variance's rates and for display), `q` the empirical spread of the interval
+    estimates. A one-sample difference (against a known reference such as the profile's
+    frequencies) keeps the reference's expected counts in `x_s`/`n_s` and has `a_s` = 0.
     """
 
     w: FloatArray
@@ -71,6 +75,14 @@ class DiffState:
     n_c: FloatArray
     x_s: FloatArray
     n_s: FloatArray
+    q0: FloatArray
+    """``sum w_i^2``; with `q1` = ``sum w_i^2 y_i`` and `q2` = ``sum w_i^2 y_i^2`` it gives the
+    intervals' own spread around the estimate, for the variance when requests are not
+    independent (clients sticking to pods, bursts)."""
+    q1: FloatArray
+    q2: FloatArray
+    m: FloatArray
+    """Intervals that carried evidence (both arms served)."""
 
     @classmethod
     def zeros(cls, shape: int | tuple[int, ...]) -> DiffState:
@@ -136,6 +148,10 @@ def update(
         w = np.where(ok, nc, 0.0)
         y = np.where(ok, xc / np.where(ok, nc, 1.0) - ref, 0.0)
         return DiffState(
+            q0=state.q0 + w * w,
+            q1=state.q1 + w * w * y,
+            q2=state.q2 + w * w * y * y,
+            m=state.m + ok,
             w=state.w + w,
             wy=state.wy + w * y,
             a_c=state.a_c + w,  # w^2 / n_c with w = n_c
@@ -154,6 +170,10 @@ def update(
     w = np.where(ok, safe_c * safe_s / (safe_c + safe_s), 0.0)
     y = np.where(ok, xc / safe_c - xs / safe_s, 0.0)
     return DiffState(
+        q0=state.q0 + w * w,
+        q1=state.q1 + w * w * y,
+        q2=state.q2 + w * w * y * y,
+        m=state.m + ok,
         w=state.w + w,
         wy=state.wy + w * y,
         a_c=state.a_c + np.where(ok, w * w / safe_c, 0.0),
@@ -163,6 +183,14 @@ def update(
         x_s=state.x_s + xs,
         n_s=state.n_s + ns,
     )
+
+
+def _spread(state: DiffState) -> FloatArray:
+    """``sum w_i^2 (y_i - estimate)^2 x m/(m-1)``: the cluster-robust variance of ``S_t``."""
+    est = np.nan_to_num(state.estimate)
+    raw = np.maximum(state.q2 - 2 * est * state.q1 + est * est * state.q0, 0.0)
+    spread: FloatArray = np.where(state.m > 1, raw * state.m / np.maximum(state.m - 1, 1), 0.0)
+    return spread
 
 
 def _rate(x: FloatArray, n: FloatArray) -> FloatArray:
@@ -177,13 +205,14 @@ def mixture_radius(v: FloatArray, rho: FloatArray, alpha: float | FloatArray) ->
     ``2 sqrt(rho/(V+rho)) exp(z^2/2) Phi(z)`` with ``z = S / sqrt(V+rho)``; b solves it equal to
     ``1/alpha``. Starting from the two-sided solution, two fixed-point steps of
     ``z^2 = 2 (log(1/alpha) - log 2 - log Phi(z)) + log((V+rho)/rho)`` converge (the log Phi
-    term is at most log 2 and shrinks fast as z grows).
+    term is at most log 2 and shrinks fast as z grows; `test_sequential` checks the result
+    against a root found by bisection).
     """
     total = v + rho
     log_ratio = np.log(total / rho)
     log_inv = np.log(1.0 / np.asarray(alpha, dtype=np.float64))
     z = np.sqrt(2 * log_inv + log_ratio)
-    for _ in range(3):
+    for _ in range(2):
         z = np.sqrt(np.maximum(2 * (log_inv - np.log(2.0) - log_ndtr(z)) + log_ratio, 0.0))
     radius: FloatArray = z * np.sqrt(total)
     return radius
@@ -199,10 +228,16 @@ def bounds(state: DiffState, alpha: float | FloatArray) -> tuple[FloatArray, Flo
     p_s = _rate(state.x_s, state.n_s)
     unit = 0.5 * (p_c * (1 - p_c) + np.where(state.n_s > 0, p_s * (1 - p_s), p_c * (1 - p_c)))
     v = p_c * (1 - p_c) * state.a_c + p_s * (1 - p_s) * state.a_s
+    # The intervals' own spread when it is larger than independent requests would give (the
+    # cluster-robust variance, intervals as clusters): overdispersion must not read as evidence.
+    v = np.maximum(v, _spread(state))
     rho = unit * RHO_REQUESTS
     radius = mixture_radius(v, rho, alpha)
+    # Until MIN_INTERVALS intervals measured that spread, no bound: one interval cannot tell
+    # an effect from clients that happened to land on one arm.
+    known = (state.w > 0) & (state.m >= MIN_INTERVALS)
     with np.errstate(invalid="ignore", divide="ignore"):
-        half = np.where(state.w > 0, radius / np.where(state.w > 0, state.w, 1.0), np.inf)
+        half = np.where(known, radius / np.where(state.w > 0, state.w, 1.0), np.inf)
     est = np.where(state.w > 0, state.estimate, 0.0)
     return est - half, est + half
 

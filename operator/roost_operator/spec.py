@@ -11,7 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from roost_operator.gatespec import (
+    DEFAULT_MIN_DRIFT_ROWS,
+    DivergenceGate,
+    DriftGate,
+    ErrorRateGate,
+    GateMode,
+    GateSpecError,
+    GatesSpec,
+    LatencyGate,
+    OnInconclusive,
+    parse_gates,
+)
 
 from roost_operator import times
 
@@ -32,6 +45,21 @@ RESERVED_ENV = {
     "POD_NAME": "the downward API",
     "POD_NAMESPACE": "the downward API",
 }
+__all__ = [
+    "DEFAULT_MIN_DRIFT_ROWS",
+    "AnalysisSpec",
+    "DivergenceGate",
+    "DriftGate",
+    "ErrorRateGate",
+    "GateMode",
+    "GatesSpec",
+    "LatencyGate",
+    "ModelDeploymentSpec",
+    "OnInconclusive",
+    "SpecError",
+    "parse_duration",
+    "parse_spec",
+]
 SCHEMES = ("file", "http", "https", "s3", "gs")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -104,82 +132,6 @@ class Step:
 
     weight: int
     pause_seconds: float
-
-
-GateMode = Literal["enforce", "observe"]
-"""`enforce`: the gate's verdict counts and it spends a share of `alpha`; `observe`: computed,
-shown and recorded, never changes the rollout's verdict."""
-OnInconclusive = Literal["rollback", "pause", "promote"]
-DEFAULT_MIN_DRIFT_ROWS = 200
-"""Legacy point check: below this many rows in the drift windows `maxPSI` abstains."""
-
-
-@dataclass(frozen=True)
-class ErrorRateGate:
-    """`gates.errorRate`: canary 5xx share (503/504 and 4xx apart) minus the stable's."""
-
-    margin: float = 0.005
-    """Largest tolerated excess, as a share (0.005 = 0.5 percentage points)."""
-    mode: GateMode = "enforce"
-
-
-@dataclass(frozen=True)
-class LatencyGate:
-    """`gates.latency`: canary vs stable latency distribution from the histogram buckets."""
-
-    max_ratio: float | None = None
-    """The canary's `quantile` may be at most this many times the stable's (`maxP99Ratio`)."""
-    quantile: float = 0.99
-    max_p99_seconds: float | None = None
-    """Legacy absolute ceiling, a point check on each interval (uses `failureLimit`)."""
-    mode: GateMode = "enforce"
-
-
-@dataclass(frozen=True)
-class DivergenceGate:
-    """`gates.divergence`: canary vs stable prediction shares per class or output bin."""
-
-    margin: float = 0.05
-    """Largest tolerated change of any one bin's share of predictions (0.05 = 5 points)."""
-    max_js_distance: float | None = None
-    """Legacy: shown beside the test as the effect size; it no longer decides."""
-    mode: GateMode = "enforce"
-
-
-@dataclass(frozen=True)
-class DriftGate:
-    """`gates.drift`: canary inputs' bin shares against the reference profile's."""
-
-    margin: float = 0.1
-    """Largest tolerated change of any feature bin's share against the profile."""
-    max_psi: float | None = None
-    """Legacy: PSI of the accumulated counts, shown as the effect size."""
-    min_rows: int = DEFAULT_MIN_DRIFT_ROWS
-    mode: GateMode = "enforce"
-
-
-@dataclass(frozen=True)
-class GatesSpec:
-    """`spec.rollout.analysis.gates`; a None gate is switched off."""
-
-    error_rate: ErrorRateGate | None = None
-    latency: LatencyGate | None = None
-    divergence: DivergenceGate | None = None
-    drift: DriftGate | None = None
-
-    @property
-    def any(self) -> bool:
-        """Whether any gate is configured."""
-        return any(
-            g is not None for g in (self.error_rate, self.latency, self.divergence, self.drift)
-        )
-
-    def enforced(self) -> int:
-        """How many gates spend `alpha` (observe-mode gates spend none)."""
-        # A latency gate with only the maxP99Seconds point check runs no sequential test.
-        latency = self.latency if self.latency and self.latency.max_ratio is not None else None
-        gates = (self.error_rate, latency, self.divergence, self.drift)
-        return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 
 @dataclass(frozen=True)
@@ -349,6 +301,13 @@ def _steps(raw: Any) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def _gates(raw: Any) -> GatesSpec:
+    try:
+        return parse_gates(raw)
+    except GateSpecError as e:
+        raise SpecError(str(e)) from e
+
+
 def _number(raw: Mapping[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
     value = raw.get(key)
     if value is None:
@@ -358,59 +317,6 @@ def _number(raw: Mapping[str, Any], key: str, where: str, lo: float, hi: float) 
     if not lo <= value <= hi:
         raise SpecError(f"{where}.{key} must be between {lo:g} and {hi:g}, got {value!r}")
     return float(value)
-
-
-def _mode(raw: Mapping[str, Any], where: str) -> GateMode:
-    mode = raw.get("mode", "enforce")
-    if mode not in ("enforce", "observe"):
-        raise SpecError(f"{where}.mode must be enforce or observe, not {mode!r}")
-    return "enforce" if mode == "enforce" else "observe"
-
-
-def _gates(raw: Any) -> GatesSpec:
-    gates = raw if isinstance(raw, Mapping) else {}
-    where = "spec.rollout.analysis.gates"
-    out: dict[str, Any] = {}
-    if isinstance(e := gates.get("errorRate"), Mapping):
-        w = f"{where}.errorRate"
-        # Legacy `max` (an absolute ceiling on one window) becomes the margin over stable.
-        margin = _number(e, "margin", w, 0, 1)
-        margin = margin if margin is not None else _number(e, "max", w, 0, 1)
-        out["error_rate"] = ErrorRateGate(
-            margin=0.005 if margin is None else margin, mode=_mode(e, w)
-        )
-    if isinstance(lat := gates.get("latency"), Mapping):
-        w = f"{where}.latency"
-        ratio = _number(lat, "maxRatio", w, 1, 1e6)
-        ratio = ratio if ratio is not None else _number(lat, "maxP99Ratio", w, 1e-9, 1e6)
-        seconds = _number(lat, "maxP99Seconds", w, 1e-9, 1e6)
-        if ratio is None and seconds is None:
-            raise SpecError(f"{w} needs maxRatio (or maxP99Ratio), maxP99Seconds or both")
-        q = _number(lat, "quantile", w, 0.5, 0.999)
-        out["latency"] = LatencyGate(
-            max_ratio=None if ratio is None else max(ratio, 1.0),
-            quantile=0.99 if q is None else q,
-            max_p99_seconds=seconds,
-            mode=_mode(lat, w),
-        )
-    if isinstance(d := gates.get("divergence"), Mapping):
-        w = f"{where}.divergence"
-        margin = _number(d, "margin", w, 1e-6, 1)
-        out["divergence"] = DivergenceGate(
-            margin=0.05 if margin is None else margin,
-            max_js_distance=_number(d, "maxJSDistance", w, 0, 1),
-            mode=_mode(d, w),
-        )
-    if isinstance(dr := gates.get("drift"), Mapping):
-        w = f"{where}.drift"
-        margin = _number(dr, "margin", w, 1e-6, 1)
-        out["drift"] = DriftGate(
-            margin=0.1 if margin is None else margin,
-            max_psi=_number(dr, "maxPSI", w, 0, 1e6),
-            min_rows=_int(dr.get("minRows"), f"{w}.minRows", DEFAULT_MIN_DRIFT_ROWS, 1),
-            mode=_mode(dr, w),
-        )
-    return GatesSpec(**out)
 
 
 def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:

@@ -22,13 +22,16 @@ from typing import Any
 
 from roost_operator.times import parse_time
 
-# Gate name (roost_operator.gates) -> (panel title, unit scale, unit label).
+# Gate name (roost_operator.verdicts) -> (panel title, unit scale, unit label). Sequential
+# gates draw their estimate with its confidence band against the margin; a point check
+# (latencyP99) draws its value against its threshold.
 PANELS: tuple[tuple[str, str, float, str], ...] = (
-    ("errorRate", "canary error rate", 100.0, "%"),
-    ("latencyP99", "canary p99 latency", 1000.0, "ms"),
-    ("drift", "canary input drift (max PSI)", 1.0, "PSI"),
-    ("divergence", "prediction divergence vs stable", 1.0, "JS distance"),
+    ("errorRate", "5xx share, canary minus stable", 100.0, "pp"),
+    ("latency", "share above ratio x stable's quantile, canary minus stable", 100.0, "pp"),
+    ("drift", "input bin share minus profile's (largest change)", 100.0, "pp"),
+    ("divergence", "prediction bin share, canary minus stable (largest change)", 100.0, "pp"),
 )
+TWO_SIDED = {"drift", "divergence"}
 OUTCOME_COLOURS = {"Promoted": "#2a9d4b", "RolledBack": "#d62728", "Aborted": "#ff7f0e"}
 
 
@@ -54,6 +57,9 @@ def sample(
             "value": g.get("value"),
             "threshold": g.get("threshold"),
             "verdict": g.get("verdict"),
+            "estimate": g.get("estimate"),
+            "lower": g.get("lower"),
+            "upper": g.get("upper"),
         }
         for g in analysis.get("gates") or []
         if isinstance(g, Mapping) and "name" in g
@@ -175,8 +181,17 @@ def plot(samples: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") ->
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", fontsize="small", frameon=False)
         for ax, (gate, label, scale, unit) in zip(axes[2:], PANELS, strict=True):
-            t, v = _series(samples, gate, "value")
+            t, v = _series(samples, gate, "estimate")
+            if not v:
+                t, v = _series(samples, gate, "value")
             ax.plot(t, [x * scale for x in v], marker="o", markersize=3, color="#444444")
+            lt, lo = _series(samples, gate, "lower")
+            _, hi = _series(samples, gate, "upper")
+            if lo and len(lo) == len(hi):
+                ax.fill_between(
+                    lt, [x * scale for x in lo], [x * scale for x in hi],
+                    color="#1f77b4", alpha=0.2, label="confidence interval",
+                )  # fmt: skip
             tt, th = _series(samples, gate, "threshold")
             if th:
                 ax.step(
@@ -185,8 +200,11 @@ def plot(samples: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") ->
                     where="post",
                     color="#d62728",
                     linestyle="--",
-                    label="threshold",
+                    label="margin",
                 )
+                if gate in TWO_SIDED:
+                    ax.step(tt, [-x * scale for x in th], where="post", color="#d62728",
+                            linestyle="--")  # fmt: skip
                 ax.legend(loc="upper left", fontsize="small", frameon=False)
             ax.set_ylabel(unit)
             ax.set_title(label, fontsize="small", loc="left")

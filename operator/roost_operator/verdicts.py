@@ -34,7 +34,13 @@ import numpy as np
 from roost_serving import drift
 
 from roost_operator import sequential as sq
-from roost_operator.spec import AnalysisSpec, DivergenceGate, DriftGate, LatencyGate
+from roost_operator.spec import (
+    AnalysisSpec,
+    DivergenceGate,
+    DriftGate,
+    ErrorRateGate,
+    LatencyGate,
+)
 
 CLASSES = ("2xx", "4xx", "5xx", "overload")
 """How request codes are shown; only ``5xx`` (server errors) is judged."""
@@ -110,6 +116,13 @@ class GateVerdict:
         return out
 
 
+# Why a gate may have nothing to judge, said where the user will look.
+_HINTS = {
+    "drift": "no roost_feature_bin_total from the canary (is spec.model.profileUri set?)",
+    "divergence": "no roost_predictions_total from canary or stable yet",
+}
+
+
 def _pp(v: float) -> str:
     return f"{100 * v:+.2f} pp".replace("-", "\N{MINUS SIGN}")
 
@@ -134,12 +147,18 @@ def _diff_state(raw: Any, k: int) -> sq.DiffState:
 
 
 def _error_gate(
-    evidence: dict[str, Any], canary: Counts, stable: Counts, margin: float, alpha: float
+    evidence: dict[str, Any],
+    key: str,
+    what: str,
+    canary: Counts,
+    stable: Counts,
+    margin: float,
+    alpha: float,
 ) -> tuple[str, float, float, float]:
-    state = _diff_state(evidence.get("errorRate"), 1)
+    state = _diff_state(evidence.get(key), 1)
     c, s = canary.by_class(), stable.by_class()
-    state = sq.update(state, [c["5xx"]], [canary.total], [s["5xx"]], [stable.total])
-    evidence["errorRate"] = state.to_status()
+    state = sq.update(state, [c[what]], [canary.total], [s[what]], [stable.total])
+    evidence[key] = state.to_status()
     code, lower, upper = sq.judge_many(state, alpha, margin)
     return sq.VERDICTS[int(code)], float(state.estimate[0]), float(lower[0]), float(upper[0])
 
@@ -177,7 +196,7 @@ def _latency_gate(
     if edge is not None and math.isfinite(edge) and n_c > 0:
         # The canary's threshold: the first bound at or above ratio x edge (rounding the
         # ratio up keeps the test valid; the docs state the smallest resolvable ratio).
-        scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-6)), None)
+        scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-3)), None)
         if scaled is not None:
             slow = _above(canary.buckets, scaled)
             n_s = stable.buckets.get(math.inf, 0.0)
@@ -319,7 +338,8 @@ def _bins_verdict(
     alpha: float,
 ) -> GateVerdict:
     if state.w.size == 0:
-        return GateVerdict(name, mode, "inconclusive", margin=margin, words=f"{name}: no data yet")
+        hint = _HINTS.get(name, "no data yet")
+        return GateVerdict(name, mode, "inconclusive", margin=margin, words=f"{name}: {hint}")
     est, lo, hi = float(state.estimate[worst]), float(lower[worst]), float(upper[worst])
     shown = f", {effect_name} {effect:.3f}" if effect is not None else ""
     words = (
@@ -360,18 +380,7 @@ def judge_interval(
     ev["intervals"] = int(ev.get("intervals") or 0) + 1
     out: list[GateVerdict] = []
     if g.error_rate is not None:
-        verdict, est, lo, hi = _error_gate(ev, canary, stable, g.error_rate.margin, alpha)
-        c = totals["canary"]
-        words = (
-            f"5xx {_pp(est) if math.isfinite(est) else 'n/a'} {_interval(lo, hi)}, margin "
-            f"{_pp(g.error_rate.margin)}: {_outcome(verdict, 1 - alpha)} (canary {int(c['5xx'])}"
-            f" 5xx, {int(c['overload'])} overload 503/504, {int(c['4xx'])} 4xx of "
-            f"{int(sum(c.values()))})"
-        )
-        out.append(
-            GateVerdict("errorRate", g.error_rate.mode, verdict, est, lo, hi,
-                        g.error_rate.margin, None, words)
-        )  # fmt: skip
+        out.extend(_error_gates(ev, canary, stable, g.error_rate, totals["canary"], alpha))
     if g.latency is not None and g.latency.max_ratio is not None:
         verdict, est, lo, hi, ratio = _latency_gate(ev, canary, stable, g.latency, alpha)
         q = f"p{100 * g.latency.quantile:g}"
@@ -403,6 +412,33 @@ def judge_interval(
             else "not sure yet: " + ", ".join(waiting)
         )
     return Judged(verdict, tuple(out), ev, served, message)
+
+
+def _error_gates(
+    ev: dict[str, Any],
+    canary: Counts,
+    stable: Counts,
+    gate: ErrorRateGate,
+    seen: Mapping[str, float],
+    alpha: float,
+) -> list[GateVerdict]:
+    """``errorRate`` (5xx) and, when asked for, ``clientErrors`` (4xx); they share the gate's
+    alpha."""
+    tests = [("errorRate", "5xx", gate.margin)]
+    if gate.client_error_margin is not None:
+        tests.append(("clientErrors", "4xx", gate.client_error_margin))
+    share = alpha / len(tests)
+    out = []
+    for name, what, margin in tests:
+        verdict, est, lo, hi = _error_gate(ev, name, what, canary, stable, margin, share)
+        words = (
+            f"{what} {_pp(est) if math.isfinite(est) else 'n/a'} {_interval(lo, hi)}, margin "
+            f"{_pp(margin)}: {_outcome(verdict, 1 - share)} (canary {int(seen['5xx'])} 5xx, "
+            f"{int(seen['overload'])} overload 503/504, {int(seen['4xx'])} 4xx of "
+            f"{int(sum(seen.values()))})"
+        )
+        out.append(GateVerdict(name, gate.mode, verdict, est, lo, hi, margin, None, words))
+    return out
 
 
 def _add_classes(raw: Any, counts: Mapping[str, float]) -> dict[str, float]:

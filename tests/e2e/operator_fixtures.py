@@ -68,7 +68,13 @@ class OperatorProcess:
             time.sleep(0.1)
 
     def _spawn(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # The test Prometheus scrapes every 2 s: intervals of 6 s hold enough scrapes, and six
+        # of them (the sequential tests' floor) fit the scenarios' time bounds.
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "ROOST_OPERATOR_PROMETHEUS_MIN_WINDOW": "6",
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [

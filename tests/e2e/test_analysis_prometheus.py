@@ -139,10 +139,9 @@ async def test_prometheus_source_judges_the_canary(
         await _until(source, 'sum(roost_requests_total{revision="stable5678"})', 300)
 
         result = await _analyse(source, SPEC)
-        assert result.verdict == "fail", result.message
-        assert result.decisive
+        # One interval: the sequential tests give no verdict before six (their spread floor).
+        assert result.verdict == "inconclusive", result.message
         gates = {g.name: g for g in result.gates}
-        assert [n for n, g in gates.items() if g.verdict == "fail"] == ["errorRate"]
         # Both code series share scrape timestamps, so extrapolation cancels in the shares.
         assert gates["errorRate"].estimate == pytest.approx(60 / 210, rel=1e-3)
         assert "10 4xx" in gates["errorRate"].words

@@ -149,7 +149,7 @@ class Rollout:
         assert rev
         return rev
 
-    def verdict(self, outcome: str, name: str) -> Obj:
+    def verdict(self, outcome: str, name: str, timeout: float = WAIT) -> Obj:
         """Wait for the last history entry to have `outcome`; print the apply-to-verdict time."""
 
         def done() -> Obj | None:
@@ -161,7 +161,7 @@ class Rollout:
                 else None
             )
 
-        st = self.wait(done, f"outcome {outcome}")
+        st = self.wait(done, f"outcome {outcome}", timeout)
         print(f"SCENARIO {name}: verdict {outcome} after {time.monotonic() - self.started:.1f} s")
         return st
 
@@ -226,7 +226,9 @@ def rollout(
 
 
 def test_erroring_model_rolled_back_on_error_rate(rollout: Rollout) -> None:
-    gates = {"errorRate": {"max": 0.05}}
+    # wine-bad-signature refuses the 13-feature rows with 400 while the stable answers them:
+    # 4xx are not judged by default, so this gate opts in with clientErrorMargin.
+    gates = {"errorRate": {"margin": 0.05, "clientErrorMargin": 0.05}}
     stable = rollout.serve_stable(gates)
     with rollout.traffic():
         rollout.apply("wine-bad-signature", [{"weight": 50, "pause": "4s"}], gates)
@@ -234,29 +236,33 @@ def test_erroring_model_rolled_back_on_error_rate(rollout: Rollout) -> None:
         st = rollout.verdict("RolledBack", "error-rate")
     entry = st["history"][-1]
     assert entry["revision"] == canary
-    assert entry["reason"].startswith("gate errorRate failed"), entry
-    assert "error rate 100%" in entry["reason"], entry
-    rollout.assert_rolled_back(stable, canary, "error rate 100%")
+    assert entry["reason"].startswith("gate clientErrors failed"), entry
+    assert "4xx +100.00 pp" in entry["reason"], entry
+    assert "worse than margin" in entry["reason"], entry
+    rollout.assert_rolled_back(stable, canary, "4xx +100.00 pp")
     assert rollout.op.metric("roost_operator_rollouts_total", {"outcome": "RolledBack"}) == 1
-    assert rollout.op.metric("roost_operator_analysis_total", {"verdict": "fail"}) >= 2
+    # One failing analysis suffices: the sequential gate is worse than its margin with
+    # confidence, so no failureLimit applies on top.
+    assert rollout.op.metric("roost_operator_analysis_total", {"verdict": "fail"}) >= 1
 
 
 def test_shifted_model_rolled_back_on_drift(rollout: Rollout) -> None:
-    gates = {"errorRate": {"max": 0.05}, "drift": {"maxPSI": 0.25}}
+    gates = {"errorRate": {"margin": 0.05}, "drift": {"margin": 0.1}}
     stable = rollout.serve_stable(gates)
     with rollout.traffic():
         rollout.apply("wine-shifted", [{"weight": 50, "pause": "4s"}], gates)
         canary = rollout.new_canary(stable)
         st = rollout.verdict("RolledBack", "drift")
     entry = st["history"][-1]
-    assert entry["reason"].startswith("gate drift failed"), entry  # errors stayed under 5%
-    psi = float(entry["reason"].split("PSI ")[1].split(" >")[0])
+    assert entry["reason"].startswith("gate drift failed"), entry  # errors stayed in margin
+    assert "worse than margin" in entry["reason"], entry
+    psi = float(entry["reason"].split("PSI of ")[1].split(" ")[1].rstrip(")"))
     assert psi > 0.25, entry
     rollout.assert_rolled_back(stable, canary, "PSI")
 
 
 def test_operator_killed_mid_step_resumes_and_promotes(rollout: Rollout) -> None:
-    gates = {"errorRate": {"max": 0.05}, "divergence": {"maxJSDistance": 0.3}}
+    gates = {"errorRate": {"margin": 0.05}, "divergence": {"margin": 0.1}}
     stable = rollout.serve_stable(gates)
     with rollout.traffic():
         rollout.apply("wine-v2", [{"weight": 50, "pause": "25s"}], gates)
@@ -277,6 +283,17 @@ def test_operator_killed_mid_step_resumes_and_promotes(rollout: Rollout) -> None
         )
         assert (after["revision"], after["step"]) == (before["revision"], before["step"])
         assert after["stepStartedAt"] == before["stepStartedAt"], "the step's clock restarted"
+        # The sequential tests continue from the persisted evidence, not from scratch (the
+        # restarted process's first scrape is a baseline and adds none).
+        old = before.get("evidence") or {"intervals": 0, "requests": {"canary": {}}}
+
+        def continued() -> Obj | None:
+            ev = rollout.canary().get("evidence") or {}
+            return ev if ev.get("intervals", 0) > old["intervals"] else None
+
+        ev = rollout.wait(continued, "evidence added by the restarted operator")
+        served = sum(ev["requests"]["canary"].values())
+        assert served >= sum(old["requests"]["canary"].values())
         assert {p["metadata"]["uid"] for p in rollout.pods(canary)} == uids
         st = rollout.verdict("Promoted", "operator-restart")
     assert st["stable"]["revision"] == canary
@@ -295,10 +312,10 @@ def test_prometheus_source_promotes_good_model(rollout: Rollout, prometheus: Pro
     # (13 features x ~10 bins), and increase() over a young canary series counts only what
     # came after its first scrape, so more requests per window keep the comparison fair.
     gates = {
-        "errorRate": {"max": 0.05},
-        "latency": {"maxP99Seconds": 0.5, "maxP99Ratio": 5.0},
-        "drift": {"maxPSI": 2.0},
-        "divergence": {"maxJSDistance": 0.3},
+        "errorRate": {"margin": 0.05},
+        "latency": {"maxP99Seconds": 0.5, "maxRatio": 5.0},
+        "drift": {"margin": 0.5},
+        "divergence": {"margin": 0.3},
     }
     analysis = {"source": "prometheus", "prometheusUrl": prometheus.url, "minRequests": 60}
     source = {"analysis": analysis}
@@ -313,9 +330,8 @@ def test_prometheus_source_promotes_good_model(rollout: Rollout, prometheus: Pro
     # The analysis that passed the step (status.canary is gone with the canary; the operator's
     # gauges keep the last analysis): every gate measured a value.
     values = _gate_values(rollout)
-    for gate in ("errorRate", "latencyP99", "latencyP99Ratio", "drift", "divergence"):
+    for gate in ("errorRate", "latencyP99", "latency", "drift", "divergence"):
         assert gate in values, values
-    assert values["minRequests"] >= 60, values
     assert values["errorRate"] == 0.0, values
     assert rollout.op.metric("roost_operator_analysis_total", {"verdict": "pass"}) >= 1
     # The figures came from Prometheus: it holds the canary's series under the pod labels.
@@ -481,3 +497,97 @@ def test_http_route_weights_follow_steps(kube: client.ApiClient, rollout: Rollou
     assert st["stable"]["revision"] == canary
     assert not st.get("canary")
     rollout.wait(lambda: rollout.deployments() == [new], "only the promoted Deployment left")
+
+
+# --- the sequential gates' own scenarios (issue 11), alpha 0.01 --------------------------------
+
+SEQUENTIAL: Obj = {"alpha": 0.01, "progressDeadline": "3m"}
+
+
+def _copy_model(rollout: Rollout, tmp_path: Path, source: str, name: str) -> None:
+    """The same model files under another URI: a new revision serving an identical model."""
+    dest = tmp_path / name
+    shutil.copytree(rollout.models[source], dest)
+    rollout.models[name] = dest
+
+
+def _canary_requests(traffic: Traffic, revision: str) -> int:
+    return sum(n for (rev, _), n in traffic.by_revision.items() if rev == revision)
+
+
+def test_identical_regressor_promoted_by_passing_at_low_traffic(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    # A/A five times: a 20-bin regressor canaried against a copy of itself at about 10 canary
+    # requests per second. Each must be promoted by passing its gates, not by the deadline.
+    gates = {"errorRate": {"margin": 0.02}, "divergence": {"margin": 0.1}}
+    steps = [{"weight": 50, "pause": "10s"}]
+    extra = {"analysis": SEQUENTIAL}
+    names = ["wine-regressor"]
+    for i in range(5):
+        _copy_model(rollout, tmp_path, "wine-regressor", f"wine-regressor-{i}")
+        names.append(f"wine-regressor-{i}")
+    rollout.apply(names[0], steps, gates, **extra)
+    stable = rollout.wait(lambda: (rollout.status().get("stable") or {}).get("revision"), "stable")
+    rollout.wait(lambda: rollout.ready_pods(stable, 2), "2 Ready pods of the stable revision")
+    times = []
+    with Traffic(rollout.api, rollout.namespace, "wine", rollout.rows(), rate=20, duration=900):
+        for name in names[1:]:
+            rollout.apply(name, steps, gates, **extra)
+            canary = rollout.new_canary(stable)
+            st = rollout.verdict("Promoted", f"a/a-regressor-{name}", timeout=300)
+            times.append(time.monotonic() - rollout.started)
+            entry = st["history"][-1]
+            assert entry["revision"] == canary
+            assert entry["reason"] == "passed all 1 steps", entry  # never a deadline verdict
+            stable = canary
+            rollout.wait(lambda s=stable: rollout.ready_pods(s, 2), "the promoted revision, 2 pods")
+    print(
+        f"SCENARIO a/a-regressor: 5/5 promoted by passing, {', '.join(f'{t:.0f}' for t in times)} s"
+    )
+
+
+def test_one_class_model_rolled_back_with_its_time_and_requests(rollout: Rollout) -> None:
+    gates = {"errorRate": {"margin": 0.02}, "divergence": {"margin": 0.05}}
+    stable = rollout.serve_stable(gates, analysis=SEQUENTIAL)
+    with rollout.traffic() as traffic:
+        rollout.apply("wine-constant", [{"weight": 50, "pause": "10s"}], gates, analysis=SEQUENTIAL)
+        canary = rollout.new_canary(stable)
+        st = rollout.verdict("RolledBack", "one-class")
+        requests = _canary_requests(traffic, canary)
+    entry = st["history"][-1]
+    assert entry["reason"].startswith("gate divergence failed"), entry
+    assert "worse than margin, 99.5 % confidence" in entry["reason"], entry
+    print(
+        f"SCENARIO one-class: rolled back after {time.monotonic() - rollout.started:.1f} s "
+        f"and {requests} canary requests ({entry['reason']})"
+    )
+    rollout.assert_rolled_back(stable, canary, "divergence")
+
+
+def test_malformed_client_requests_do_not_fail_a_good_canary(rollout: Rollout) -> None:
+    gates = {"errorRate": {"margin": 0.02}, "divergence": {"margin": 0.1}}
+    stable = rollout.serve_stable(gates, analysis=SEQUENTIAL)
+    malformed = [[1.0, 2.0, 3.0]]  # 3 features where the model takes 13: every answer is 400
+    with (
+        rollout.traffic(),
+        Traffic(rollout.api, rollout.namespace, "wine", malformed, rate=10, duration=200) as bad,
+    ):
+        rollout.apply("wine-v2", [{"weight": 50, "pause": "10s"}], gates, analysis=SEQUENTIAL)
+        canary = rollout.new_canary(stable)
+        st = rollout.verdict("Promoted", "malformed-clients")
+    assert st["history"][-1]["reason"] == "passed all 1 steps"
+    assert bad.by_revision.get((canary, 400), 0) > 0, bad.by_revision
+
+
+def test_a_canary_without_traffic_ends_by_its_progress_deadline(rollout: Rollout) -> None:
+    gates = {"errorRate": {"margin": 0.02}}
+    analysis = {"alpha": 0.01, "progressDeadline": "20s", "onInconclusive": "rollback"}
+    stable = rollout.serve_stable(gates, analysis=analysis)
+    rollout.apply("wine-v2", [{"weight": 50, "pause": "4s"}], gates, analysis=analysis)
+    canary = rollout.new_canary(stable)
+    st = rollout.verdict("RolledBack", "no-traffic-deadline")
+    entry = st["history"][-1]
+    assert entry["revision"] == canary
+    assert entry["reason"].startswith("deadline verdict (onInconclusive: rollback)"), entry
+    assert "ProgressDeadlineExceeded" in {e["reason"] for e in rollout.events()}

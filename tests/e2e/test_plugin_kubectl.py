@@ -110,12 +110,17 @@ def test_status_and_history_read_a_real_status(
     spec = parse_spec(
         {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": {"gates": gates}}}
     )
-    analysis = evaluate(
-        RevisionWindow(requests={"200": 800, "500": 200}, p99_seconds=0.01),
-        RevisionWindow(requests={"200": 3000}, p99_seconds=0.01),
-        spec.rollout.analysis,
-        datetime(2026, 3, 1, 12, 0, 50, tzinfo=UTC),
-    )
+    evidence = None
+    for _ in range(6):  # the sequential tests judge after 6 intervals (sequential.MIN_INTERVALS)
+        analysis = evaluate(
+            RevisionWindow(requests={"200": 800, "500": 200}, p99_seconds=0.01),
+            RevisionWindow(requests={"200": 3000}, p99_seconds=0.01),
+            spec.rollout.analysis,
+            datetime(2026, 3, 1, 12, 0, 50, tzinfo=UTC),
+            (),
+            evidence,
+        )
+        evidence = analysis.evidence
     status = {
         "observedGeneration": 1,
         "replicas": 4,

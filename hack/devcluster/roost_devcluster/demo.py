@@ -69,10 +69,10 @@ DEMO_ANALYSIS = {
     "minRequests": 20,
     "failureLimit": 2,
     "gates": {
-        "errorRate": {"max": 0.05},
+        "errorRate": {"margin": 0.05},
         "latency": {"maxP99Seconds": 0.5},
-        "drift": {"maxPSI": 0.4},
-        "divergence": {"maxJSDistance": 0.3},
+        "drift": {"margin": 0.2},
+        "divergence": {"margin": 0.1},
     },
 }
 

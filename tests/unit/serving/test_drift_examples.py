@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from roost_serving.drift import js_distance
 from roost_serving.monitor import DriftMonitor
-from roost_serving.profile import ClassificationPrediction, Profile
+from roost_serving.profile import ClassificationPrediction, Profile, RegressionPrediction
 
 GATE_PSI = 0.25  # the contract's example drift gate
 GATE_JS = 0.3  # the contract's example divergence gate
@@ -48,11 +48,17 @@ def test_example_files_and_signatures(example_models: dict[str, Path]) -> None:
         (inp,) = sess.get_inputs()
         width = {"bench-rf20": 20, "wine-bad-signature": 12}.get(name, 13)
         assert (inp.name, inp.type, inp.shape) == ("X", "tensor(float)", [None, width]), name
-        assert [o.name for o in sess.get_outputs()] == ["label", "probabilities"], name
         prof = Profile.load(str(path / "profile.json"))
         assert len(prof.features) == width
-        assert isinstance(prof.prediction, ClassificationPrediction)
-        assert len(prof.prediction.classes) == 3
+        if name == "wine-regressor":
+            # The regressor is profiled over 20 output bins (the e2e A/A canary).
+            assert [o.name for o in sess.get_outputs()] == ["variable"], name
+            assert isinstance(prof.prediction, RegressionPrediction)
+            assert len(prof.prediction.frequencies) == 20
+        else:
+            assert [o.name for o in sess.get_outputs()] == ["label", "probabilities"], name
+            assert isinstance(prof.prediction, ClassificationPrediction)
+            assert len(prof.prediction.classes) == 3
         rows = traffic(path)
         assert rows.shape == (400, 20 if name == "bench-rf20" else 13)
 
