@@ -289,6 +289,15 @@ def test_leader_sigkilled_follower_takes_over(
         print(f"  failover (Lease taken by the follower) after {failover:.1f} s")
         _finish(run, "leader-sigkill", resumed)
     assert "resumed the rollout" in " ".join(e["message"] for e in rollout.events())
+    # client-go's convention: the new leader says so on the Lease.
+    lease_events = kube_api.get(
+        f"/api/v1/namespaces/{namespace}/events",
+        fieldSelector="involvedObject.kind=Lease,involvedObject.name=roost-operator",
+    )["items"]
+    assert any(
+        e["reason"] == "LeaderElection" and e["message"] == f"{new} became leader after {identity}"
+        for e in lease_events
+    ), [e["message"] for e in lease_events]
 
 
 def _kubectl_apply(kubeconfig: Path, manifest: Obj, manager: str) -> None:
