@@ -9,8 +9,10 @@ same rules with the same words. No onnxruntime, no HTTP framework.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from roost_serving.errors import BadRequestError, RoostError
 
@@ -104,6 +106,24 @@ def check_output_names(names: Sequence[str]) -> None:
         if name in seen:
             raise BadRequestError(f"output {name!r} is requested twice; ask for each output once")
         seen.add(name)
+
+
+# Upper bounds of one element's JSON text by item size (a float64 prints up to 24 characters).
+_JSON_WIDTH = {1: 6, 2: 9, 4: 16, 8: 25}
+
+
+def response_size(outputs: Iterable[tuple[np.ndarray, bool]]) -> int:
+    """Bytes a response with these ``(array, as_binary)`` outputs takes, estimated from above."""
+    total = 256
+    for array, binary in outputs:
+        if array.dtype.kind in "OUS":
+            # BYTES: 4-byte length prefixes (binary) or quotes, commas and escapes (JSON).
+            text = sum(len(str(item)) for item in array.ravel())
+            total += text + 4 * array.size if binary else 6 * text + 3 * array.size
+        else:
+            width = array.dtype.itemsize if binary else _JSON_WIDTH.get(array.dtype.itemsize, 25)
+            total += array.size * width + 64
+    return total
 
 
 def check_response_size(estimate: int, limits: Limits) -> None:

@@ -485,29 +485,6 @@ def _json_data(array: np.ndarray, datatype: str) -> Any:
     return np.ascontiguousarray(array).ravel()
 
 
-# Upper bounds of one element's JSON text by item size (a float64 prints up to 24 characters).
-_JSON_WIDTH = {1: 6, 2: 9, 4: 16, 8: 25}
-
-
-def response_size(
-    request: DecodedRequest, names: Sequence[str], outputs: Mapping[str, np.ndarray]
-) -> int:
-    """Bytes the encoded response will take, estimated from above without encoding it."""
-    binary_default = request.binary_default and request.outputs is None
-    total = 256
-    for name in names:
-        array = outputs[name]
-        binary = binary_default or name in request.binary_outputs
-        if array.dtype.kind in "OUS":
-            # BYTES: 4-byte length prefixes (binary) or quotes, commas and escapes (JSON).
-            text = sum(len(str(item)) for item in array.ravel())
-            total += text + 4 * array.size if binary else 6 * text + 3 * array.size
-        else:
-            width = 1 if binary else _JSON_WIDTH.get(array.dtype.itemsize, 25)
-            total += array.size * (array.dtype.itemsize if binary else width) + 64
-    return total
-
-
 def encode_response(
     model_name: str,
     model_version: str | None,
@@ -520,8 +497,9 @@ def encode_response(
     A response larger than ``limits.max_response_bytes`` is refused (400) before it is built.
     """
     names = request.outputs if request.outputs is not None else list(outputs)
-    checks.check_response_size(response_size(request, names, outputs), limits)
     binary_default = request.binary_default and request.outputs is None
+    planned = [(outputs[n], binary_default or n in request.binary_outputs) for n in names]
+    checks.check_response_size(checks.response_size(planned), limits)
     json_outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name in names:
