@@ -322,9 +322,16 @@ def _reason(e: BaseException) -> str:
 
 
 class _FollowerHealth(BaseHTTPRequestHandler):
+    """A follower is healthy and ready: a standby that takes over when the leader goes.
+
+    Readiness matters for the chart's rolling update (`maxUnavailable: 0`): the new replica,
+    a follower until the old leader releases the Lease, must turn Ready for the old one to go.
+    """
+
     def do_GET(self) -> None:
         body = b"follower: waiting for the leader election Lease\n"
-        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        known = self.path.startswith(("/healthz", "/readyz"))
+        self.send_response(200 if known else 404)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -335,17 +342,21 @@ class _FollowerHealth(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def follower_health(host: str, port: int) -> Iterator[None]:
-    """Answer `/healthz` on the health port while following, so probes keep a follower alive;
-    the port is free again (for kopf's liveness endpoint) when the block ends."""
-    server = ThreadingHTTPServer((host, port), _FollowerHealth)
-    thread = threading.Thread(
-        target=server.serve_forever, name="roost-follower-health", daemon=True
-    )
-    thread.start()
+def follower_health(host: str, *ports: int) -> Iterator[None]:
+    """Answer `/healthz` and `/readyz` on `ports` (the health and the metrics port) while
+    following, so probes keep a follower alive and Ready; the ports are free again (for kopf's
+    liveness endpoint and the operator's metrics server) when the block ends."""
+    servers = [ThreadingHTTPServer((host, port), _FollowerHealth) for port in ports]
+    threads = [
+        threading.Thread(target=srv.serve_forever, name="roost-follower-health", daemon=True)
+        for srv in servers
+    ]
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        for srv, thread in zip(servers, threads, strict=True):
+            srv.shutdown()
+            srv.server_close()
+            thread.join(timeout=5)

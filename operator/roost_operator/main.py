@@ -188,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _lead(election: ElectionConfig, cfg: OperatorConfig) -> LeaderElector | None:
     """Follow until this replica holds the Lease; then renew it in the background.
 
-    While following, `/healthz` answers on the health port, so probes keep the replica; SIGTERM
-    or SIGINT ends the wait (None). A lost Lease ends the process at once (`_lost`).
+    While following, `/healthz` and `/readyz` answer (health and metrics ports), so probes keep
+    the replica and count it Ready; SIGTERM or SIGINT ends the wait (None). A lost Lease ends
+    the process at once (`_lost`).
     """
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -201,7 +202,7 @@ def _lead(election: ElectionConfig, cfg: OperatorConfig) -> LeaderElector | None
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        with follower_health(cfg.bind_address, cfg.health_port):
+        with follower_health(cfg.bind_address, cfg.health_port, cfg.metrics_port):
             leading = elector.acquire(stop)
     finally:
         for sig, handler in handlers_before.items():

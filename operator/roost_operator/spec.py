@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from roost_operator import times
 from roost_operator.gatespec import (
     DEFAULT_MIN_DRIFT_ROWS,
     DivergenceGate,
@@ -25,8 +26,6 @@ from roost_operator.gatespec import (
     OnInconclusive,
     parse_gates,
 )
-
-from roost_operator import times
 
 # Names the operator sets itself; a user value would silently break the pod (a wrong host,
 # a model the revision hash does not know about), so they are refused with a hint.

@@ -313,6 +313,8 @@ async def test_an_unreachable_stable_pod_makes_even_a_failing_canary_inconclusiv
     result = await analyst([canary], [stable])
     assert result.canary_requests == 60  # the canary's interval was kept, not consumed
     assert result.verdict == "fail"
+
+
 async def test_client_error_margin_catches_a_canary_refusing_requests(
     pod: PodFactory, source: PodsSource
 ) -> None:

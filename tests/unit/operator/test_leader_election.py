@@ -83,3 +83,27 @@ def test_bad_timings_are_refused_on_the_command_line(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         main.parse_all(["--leader-elect", "--leader-election-renew-deadline", "30"], env={})
     assert "renew deadline" in capsys.readouterr().err
+
+
+def test_a_follower_is_live_and_ready_on_both_ports_and_frees_them() -> None:
+    """The chart's rolling update (maxUnavailable 0) needs the new replica, a follower, Ready;
+    kopf's liveness server and the metrics server bind the same ports once it leads."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from roost_devcluster.net import free_port
+    from roost_operator.leader import follower_health
+
+    health, metrics = free_port(), free_port()
+    with follower_health("127.0.0.1", health, metrics):
+        for port, path in ((health, "/healthz"), (metrics, "/readyz")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/other", timeout=5)
+        assert e.value.code == 404
+    for port in (health, metrics):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))

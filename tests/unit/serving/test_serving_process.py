@@ -153,7 +153,7 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
 def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         "ROOST_MODEL": str(serving_models["forest"]),
