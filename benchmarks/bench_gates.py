@@ -422,7 +422,7 @@ def real_path(cell: Cell, kept: list[Streams], n: int, alpha: float) -> list[tup
     }
     spec = parse_spec(
         {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": analysis}}
-    ).analysis
+    ).rollout.analysis
     results = []
     restart_at = len(kept) // 3
     for i in range(n):

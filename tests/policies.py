@@ -18,9 +18,16 @@ def rollout_policy(
     interval_seconds: float = 10.0,
     failure_limit: int = 2,
     gated: bool = True,
+    progress_deadline: str | None = None,
+    on_inconclusive: str | None = None,
 ) -> RolloutPolicy:
-    """`spec.rollout` with these (weight, pause seconds) steps; `gated` configures a drift gate."""
+    """`spec.rollout` with these (weight, pause seconds) steps; `gated` configures a drift gate;
+    `progress_deadline` ("0s": none) and `on_inconclusive` as in `spec.rollout.analysis`."""
     analysis: dict[str, Any] = {"interval": f"{interval_seconds}s", "failureLimit": failure_limit}
+    if progress_deadline is not None:
+        analysis["progressDeadline"] = progress_deadline
+    if on_inconclusive is not None:
+        analysis["onInconclusive"] = on_inconclusive
     if gated:
         analysis["gates"] = {"drift": {"maxPSI": 0.25}}
     rollout = {"steps": [{"weight": w, "pause": f"{p}s"} for w, p in steps], "analysis": analysis}

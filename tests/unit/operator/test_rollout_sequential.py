@@ -11,28 +11,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from policies import rollout_policy
 from roost_operator.gates import AnalysisResult
 from roost_operator.rollout import (
     Decision,
     Observations,
     RevisionRef,
-    RolloutPolicy,
     RolloutState,
-    Step,
     decide,
     needs_analysis,
 )
+from roost_operator.spec import RolloutPolicy
 from roost_operator.verdicts import GateVerdict
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 V1 = RevisionRef("1111111111", "file:///models/v1/model.onnx")
 V2 = RevisionRef("2222222222", "file:///models/v2/model.onnx")
-POLICY = RolloutPolicy(
-    steps=(Step(20, 30.0), Step(50, 30.0)),
-    interval_seconds=10.0,
-    failure_limit=2,
-    progress_deadline_seconds=60.0,
-)
+POLICY = rollout_policy([(20, 30.0), (50, 30.0)], progress_deadline="60s")
 STEADY = RolloutState(stable=V1, canary=None, failed_revision=None, history=(), handled_requests={})
 EVIDENCE = {"intervals": 1, "requests": {"canary": {"2xx": 90.0}, "stable": {"2xx": 300.0}}}
 
@@ -106,7 +101,9 @@ def test_evidence_is_persisted_and_survives_a_restart() -> None:
 
 @pytest.mark.parametrize("policy", ["rollback", "promote", "pause"])
 def test_an_inconclusive_step_ends_by_its_deadline(policy: str) -> None:
-    r = Rollout(replace(POLICY, on_inconclusive=policy))  # type: ignore[arg-type]
+    r = Rollout(
+        rollout_policy([(20, 30.0), (50, 30.0)], progress_deadline="60s", on_inconclusive=policy)
+    )
     r.tick(0, ready=0)
     r.tick(0)
     for t in range(0, 60, 10):
@@ -140,7 +137,7 @@ def test_an_inconclusive_step_ends_by_its_deadline(policy: str) -> None:
 
 
 def test_the_deadline_never_cuts_a_pause_short() -> None:
-    r = Rollout(replace(POLICY, progress_deadline_seconds=5.0))
+    r = Rollout(rollout_policy([(20, 30.0), (50, 30.0)], progress_deadline="5s"))
     r.tick(0, ready=0)
     r.tick(0)
     for t in range(0, 30, 10):
@@ -151,7 +148,7 @@ def test_the_deadline_never_cuts_a_pause_short() -> None:
 
 
 def test_without_deadline_an_inconclusive_step_waits() -> None:
-    r = Rollout(replace(POLICY, progress_deadline_seconds=None))
+    r = Rollout(rollout_policy([(20, 30.0), (50, 30.0)], progress_deadline="0s"))
     r.tick(0, ready=0)
     r.tick(0)
     for t in range(0, 600, 10):
