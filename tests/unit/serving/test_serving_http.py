@@ -23,6 +23,8 @@ RunningServer = Any
 ONNX_TYPES = list(DTYPES)
 
 FOREST_ROW = [0.5, -1.0, 0.25, 2.0, 0.0]
+_REST = {"protocol": "rest"}
+_FOREST_REST = {"model": "forest", "revision": "", "protocol": "rest"}
 
 
 def _forest(start_server: type[RunningServer], models: dict[str, Path], **kw: Any) -> RunningServer:
@@ -44,10 +46,12 @@ def test_health_and_metadata(
     start_server: type[RunningServer], serving_models: dict[str, Path]
 ) -> None:
     server = _forest(start_server, serving_models, revision="abc123")
-    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+    live = httpx.get(server.url + "/v2/health/live")
+    assert (live.status_code, live.json()) == (200, {"live": True})
     ready = httpx.get(server.url + "/v2/health/ready")
-    assert (ready.status_code, ready.content) == (200, b"")
-    assert httpx.get(server.url + "/v2/models/forest/ready").status_code == 200
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    model_ready = httpx.get(server.url + "/v2/models/forest/ready")
+    assert (model_ready.status_code, model_ready.json()) == (200, {"name": "forest", "ready": True})
     assert httpx.get(server.url + "/v2/models/forest/versions/abc123/ready").status_code == 200
     meta = httpx.get(server.url + "/v2").json()
     assert meta["name"] == "roost"
@@ -267,7 +271,7 @@ def test_bad_requests_get_400_with_a_reason(
     response = _infer(server.url, body)
     assert response.status_code == status
     assert fragment in response.json()["error"]
-    assert server.metric("roost_requests_total", model="forest", revision="", code="400") == 1.0
+    assert server.metric("roost_requests_total", **_FOREST_REST, code="400") == 1.0
 
 
 def test_missing_input_invalid_json_404_and_413(
@@ -332,9 +336,10 @@ def test_metrics_endpoint_and_values(
         assert _infer(server.url, _row_request([FOREST_ROW])).status_code == 200
     _infer(server.url, {"inputs": []})
     labels = {"model": "forest", "revision": "r1"}
-    assert server.metric("roost_requests_total", code="200", **labels) == 3.0
-    assert server.metric("roost_requests_total", code="400", **labels) == 1.0
-    assert server.metric("roost_request_duration_seconds_count", **labels) == 4.0
+    assert server.metric("roost_requests_total", code="200", **_REST, **labels) == 3.0
+    assert server.metric("roost_requests_total", code="400", **_REST, **labels) == 1.0
+    assert server.metric("roost_requests_total", code="200", protocol="grpc", **labels) == 0.0
+    assert server.metric("roost_request_duration_seconds_count", **_REST, **labels) == 4.0
     assert server.metric("roost_queue_duration_seconds_count", **labels) == 3.0
     assert server.metric("roost_batch_size_sum", **labels) == 3.0
     assert server.metric("roost_inflight_requests", **labels) == 0.0
@@ -343,8 +348,13 @@ def test_metrics_endpoint_and_values(
     assert server.metric("roost_model_info", **labels, **info) == 1.0
     assert server.metric("roost_model_load_duration_seconds", **labels) > 0
     text = httpx.get(server.url + "/metrics").text
-    assert 'roost_requests_total{code="200",model="forest",revision="r1"} 3.0' in text
-    assert 'roost_request_duration_seconds_bucket{le="0.0075",model="forest",revision="r1"}' in text
+    assert (
+        'roost_requests_total{code="200",model="forest",protocol="rest",revision="r1"} 3.0' in text
+    )
+    assert (
+        'roost_request_duration_seconds_bucket{le="0.0075",model="forest",protocol="rest",'
+        'revision="r1"}'
+    ) in text
 
 
 class _HeldModelHandler(http.server.BaseHTTPRequestHandler):
@@ -383,7 +393,7 @@ def test_not_ready_while_the_model_downloads_then_ready(
     server = start_server(Settings(model=url, name="forest"), wait_ready=False)
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
     not_ready = httpx.get(server.url + "/v2/health/ready")
-    assert (not_ready.status_code, not_ready.content) == (503, b"")
+    assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
     assert httpx.get(server.url + "/v2/models/forest/ready").status_code == 503
     refused = _infer(server.url, _row_request([FOREST_ROW]))
     assert refused.status_code == 503
@@ -394,7 +404,7 @@ def test_not_ready_while_the_model_downloads_then_ready(
             break
         threading.Event().wait(0.01)
     assert _infer(server.url, _row_request([FOREST_ROW])).status_code == 200
-    assert server.metric("roost_requests_total", model="forest", revision="", code="503") == 1.0
+    assert server.metric("roost_requests_total", **_FOREST_REST, code="503") == 1.0
 
 
 def test_openapi_documents_the_infer_request(
