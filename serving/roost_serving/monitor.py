@@ -46,6 +46,10 @@ MAX_FEATURES = 64
 
 # Above this many element comparisons per batch, per-column searchsorted beats broadcasting.
 _BROADCAST_LIMIT = 1 << 18
+# From this many rows on, comparing column-major (features, edges, rows) is faster: the count
+# over edges becomes a few long vector additions instead of many length-`edges` reductions
+# (about half the time of a 64-row batch); below it, the row-major form has less set-up.
+_COLUMN_MAJOR_ROWS = 16
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +266,11 @@ class DriftMonitor(Collector):
         if g.width > matrix.shape[1]:
             return np.broadcast_to(g.missing, (n, g.missing.size))
         x = matrix[:, g.take]
-        if x.size * g.edges.shape[1] <= _BROADCAST_LIMIT:
+        if x.size * g.edges.shape[1] <= _BROADCAST_LIMIT and n >= _COLUMN_MAJOR_ROWS:
             # Number of edges strictly below v == index of v's right-closed bin.
+            columns = np.ascontiguousarray(x.T, dtype=np.float64)
+            local = (columns[:, None, :] > g.edges[:, :, None]).sum(axis=1).T
+        elif x.size * g.edges.shape[1] <= _BROADCAST_LIMIT:
             local = (x[:, :, None] > g.edges[None, :, :]).sum(axis=2)
         else:
             local = np.column_stack(

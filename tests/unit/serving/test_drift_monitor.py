@@ -175,3 +175,20 @@ def test_integer_labels_outside_the_profile_count_as_other() -> None:
     labels = np.array([-1, 0, 2, 3, 1 << 40], dtype=np.int64)
     mon.observe({"X": np.zeros((5, 1), dtype=np.float32)}, {"label": labels})
     assert mon.prediction_counts() == {"0": 1, "1": 0, "2": 1, "other": 3}
+
+
+def test_a_large_batch_bins_exactly_as_its_rows_one_by_one() -> None:
+    # Large batches are binned column-major and single rows row-major: the counts must agree,
+    # edge values, NaN and infinities included.
+    profile = Profile(rows=10, features=(F0, F1), prediction=CLASSES)
+    together, _ = monitor(profile, window=500)
+    alone, _ = monitor(profile, window=500)
+    rng = np.random.default_rng(5)
+    x = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0, 10.0, 11.0, np.nan, np.inf, -np.inf], size=(64, 2))
+    labels = rng.integers(0, 4, size=64)
+    inputs = {"X": x.astype(np.float32)}
+    together.observe(inputs, {"label": labels})
+    for i in range(64):
+        alone.observe({"X": inputs["X"][i : i + 1]}, {"label": labels[i : i + 1]})
+    np.testing.assert_array_equal(together._window.counts, alone._window.counts)
+    assert together.statistics() == alone.statistics()
