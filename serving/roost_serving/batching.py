@@ -100,7 +100,7 @@ class Batcher:
         self._closing = False
         self._busy = False  # the worker holds a batch (collecting or running it)
         self._pending = 0  # requests taking one loop turn before deciding to run at once
-        self._run_seconds = 0.0
+        self._run_seconds = 0.0  # moving average of a run's CPU time (not wall time)
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -146,9 +146,9 @@ class Batcher:
     def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> Tensors:
         """Run a lone request on the caller's task (synchronously: no other run can start)."""
         self._on_dequeue(0.0)
-        started = time.perf_counter()
+        started = time.thread_time()
         result = self._run_one(inputs, rows)
-        self._run_seconds += 0.1 * (time.perf_counter() - started - self._run_seconds)
+        self._account(time.thread_time() - started)
         if isinstance(result, BaseException):
             raise result
         return result
@@ -224,9 +224,6 @@ class Batcher:
                 results = self._execute(batch)
             else:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
-            # Exponential average of run time decides where the next run happens.
-            elapsed = time.perf_counter() - started
-            self._run_seconds += 0.1 * (elapsed - self._run_seconds)
         except BaseException as exc:  # delivered to every waiting request, never lost
             for item in batch:
                 if not item.future.done():
@@ -242,8 +239,22 @@ class Batcher:
             else:
                 item.future.set_result(result)
 
+    def _account(self, cpu_seconds: float) -> None:
+        # The moving average of a run's CPU time decides where the next run happens. CPU
+        # time of the running thread, not wall time: on a busy node a descheduled cheap run
+        # must not look like an expensive one and move every run onto the thread.
+        self._run_seconds += 0.1 * (cpu_seconds - self._run_seconds)
+
     def _execute(self, batch: list[_Item]) -> list[Tensors | BaseException]:
-        """Worker thread: run one batch, falling back to single runs when it cannot be split."""
+        """Run one batch (on the loop or the worker thread) and account its CPU time."""
+        started = time.thread_time()
+        try:
+            return self._execute_batch(batch)
+        finally:
+            self._account(time.thread_time() - started)
+
+    def _execute_batch(self, batch: list[_Item]) -> list[Tensors | BaseException]:
+        """Run one batch, falling back to single runs when it cannot be split."""
         if len(batch) == 1:
             return [self._single(batch[0])]
         names = list(batch[0].inputs)
