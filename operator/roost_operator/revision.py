@@ -29,6 +29,7 @@ def revision_inputs(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
         },
         "server": {
             "port": server.port,
+            "grpcPort": server.grpc_port,
             "maxBatchSize": server.max_batch_size,
             "maxDelayMs": server.max_delay_ms,
             "threads": server.threads,
