@@ -124,7 +124,9 @@ async def main_async(n: int, profile: bool) -> None:
     bare = bare_app(models / "model.onnx")
     path = "/v2/models/bench-rf20/infer"
     async with plane.lifespan(app):
-        while not plane.ready:
+        for _ in range(6000):  # up to a minute for the model to load
+            if plane.ready:
+                break
             await asyncio.sleep(0.01)
         print(f"{'request':<15} {'roost us':>9} {'bare us':>8} {'roost/bare':>10}")
         for case, (body, length) in bodies().items():
