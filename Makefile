@@ -63,6 +63,7 @@ demo: venv system-deps k8s-binaries
 
 bench: venv system-deps
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/profile_serving.py
 	$(BIN)/python benchmarks/bench_drift.py
 
 # Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
