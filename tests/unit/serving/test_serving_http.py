@@ -416,3 +416,11 @@ def test_openapi_documents_the_infer_request(
     ref = infer["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert ref == "#/components/schemas/InferenceRequest"
     assert "RequestInput" in spec["components"]["schemas"]
+    versioned = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert [p["name"] for p in versioned["parameters"]] == ["name", "version"]
+    ok = versioned["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok == "#/components/schemas/InferenceResponse"
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    # Documented, but no FastAPI handler behind it: the fast path answers every infer request.
+    routes = {getattr(r, "path", "") for r in server.app.routes}
+    assert not any(path.endswith("/infer") for path in routes)
