@@ -13,9 +13,11 @@ stay comparable), and drives each in the same run:
   pre-serialized ModelInferRequest with raw_input_contents: single rows at concurrency 1
   and 32, 64 rows at concurrency 8, compared with the floor's REST figures.
 
-Prints req/s, p50/p99 latency and the server's CPU time per request for every row, and
-roost's share of the floor's throughput. The load generators share the machine with the
-server: on a small or busy machine the figures are noisy, so compare ratios within one run.
+Both servers run side by side and each roost run is followed at once by the floor's run of
+the same scenario. Prints req/s, p50/p99 latency and the server's CPU time per request for
+every row, and roost's share of the floor's throughput. The load generators share the
+machine with the server: on a small or busy machine the figures are noisy, so compare ratios
+within one run (CPU per request is steadier than req/s).
 
     python benchmarks/bench_serving.py [--duration 10] [--concurrency 1 8 32]
 
@@ -301,25 +303,34 @@ def main() -> None:
             "bare": (bare_cmd, {"BARE_MODEL": str(models / "model.onnx")}, bare_port, "/", "/"),
         }  # fmt: skip
         runs = plans(bodies, args.concurrency)
-        for name, (cmd, env, port, path, ready) in servers.items():
-            proc = start(cmd, env)
-            try:
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name, (cmd, env, port, _path, ready) in servers.items():
+                procs[name] = start(cmd, env)
                 base = f"http://127.0.0.1:{port}"
                 if name == "bare":
-                    wait_ready_post(base, bodies["json1"].body, proc)
+                    wait_ready_post(base, bodies["json1"].body, procs[name])
                 else:
-                    wait_ready(base + ready, proc)
-                results[name] = []
-                for scenario, c in runs[name]:
+                    wait_ready(base + ready, procs[name])
+            # Both servers are up (the idle one costs nothing); each roost run is followed at
+            # once by the floor's run of the same scenario, so a ratio compares two runs made
+            # under the same load, which on a shared machine changes from minute to minute.
+            results = {name: [] for name in servers}
+            for scenario, c in runs["roost"]:
+                for name, (_cmd, _env, port, path, _ready) in servers.items():
+                    if (scenario, c) not in runs[name]:
+                        continue
+                    pid = procs[name].pid
                     if scenario.protocol == "grpc":
                         target = f"127.0.0.1:{grpc_port}"
-                        result = run_grpc(target, scenario, proc.pid, c, args.duration)
+                        result = run_grpc(target, scenario, pid, c, args.duration)
                     else:
-                        result = run_wrk(base + path, scenario, proc.pid, c, args.duration)
+                        url = f"http://127.0.0.1:{port}{path}"
+                        result = run_wrk(url, scenario, pid, c, args.duration)
                     results[name].append((scenario, result))
-                if name == "roost":
-                    metrics = httpx.get(base + "/metrics").text
-            finally:
+            metrics = httpx.get(f"http://127.0.0.1:{roost_port}/metrics").text
+        finally:
+            for proc in procs.values():
                 stop(proc)
     load_after = os.getloadavg()
     report(results, metrics, args.duration, profile.exists(), (load_before[0], load_after[0]))
