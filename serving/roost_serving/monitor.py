@@ -244,19 +244,28 @@ class DriftMonitor(Collector):
         n = _rows(inputs, outputs)
         if n == 0:
             return
-        pred = self._pred.output if self._pred is not None else None
-        kept = (*(inputs.get(name) for name in self._kept), outputs.get(pred) if pred else None)
-        if any(a is not None and (a.ndim == 0 or a.shape[0] != n) for a in kept):
-            # Not row-aligned, so not concatenable with other batches: account it now.
-            with self._lock:
-                self._flush_locked()
-                self._account(inputs, outputs, n)
-            return
-        key = tuple(None if a is None else (a.dtype.str, a.shape[1:]) for a in kept)
+        # Plain loops: this runs once per request, and generator expressions cost more here
+        # than the rest of the append.
+        kept = [inputs.get(name) for name in self._kept]
+        kept.append(outputs.get(self._pred.output) if self._pred is not None else None)
+        parts: list[object] = []
+        for array in kept:
+            if array is None:
+                parts.append(None)
+                continue
+            shape = array.shape
+            if not shape or shape[0] != n:
+                # Not row-aligned, so not concatenable with other batches: account it now.
+                with self._lock:
+                    self._flush_locked()
+                    self._account(inputs, outputs, n)
+                return
+            parts.append((array.dtype, shape[1:]))
+        key = tuple(parts)
         with self._lock:
             if self._pending and key != self._pending_key:
                 self._flush_locked()
-            self._pending.append((n, kept))
+            self._pending.append((n, tuple(kept)))
             self._pending_key = key
             self._pending_rows += n
             if self._pending_rows >= FLUSH_ROWS or len(self._pending) >= FLUSH_BATCHES:
