@@ -65,6 +65,7 @@ demo: venv system-deps k8s-binaries
 bench: venv system-deps
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_overload.py
+	$(BIN)/python benchmarks/profile_serving.py
 	$(BIN)/python benchmarks/bench_drift.py
 	$(BIN)/python benchmarks/bench_gates.py
 

@@ -1,5 +1,6 @@
 -- wrk script for bench_serving.py: POST one fixed V2 inference body, report a JSON summary.
--- usage: wrk -s bench_serving.lua URL -- BODY_FILE
+-- usage: wrk -s bench_serving.lua URL -- BODY_FILE [JSON_HEADER_LENGTH]
+-- With JSON_HEADER_LENGTH the body uses the binary tensor data extension.
 local body_file = nil
 
 function init(args)
@@ -9,6 +10,10 @@ function init(args)
   f:close()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  if args[2] then
+    wrk.headers["Content-Type"] = "application/octet-stream"
+    wrk.headers["Inference-Header-Content-Length"] = args[2]
+  end
 end
 
 function done(summary, latency, requests)

@@ -1,11 +1,23 @@
-"""Serving throughput and latency: `roost serve` against a bare ASGI + onnxruntime floor.
+"""Serving throughput and latency: `roost serve` (REST and gRPC) against a bare ASGI floor.
 
-Starts `roost serve` (metrics and drift tracking on, one process) on 127.0.0.1 with the
-bench-rf20 example model (100-tree depth-8 random forest over 20 features), then a minimal
-ASGI app serving the same model the cheapest way (uvicorn + httptools + uvloop, orjson,
-inline onnxruntime run, no validation, no metrics), and drives each with Debian's `wrk` at
-concurrency 1, 8 and 32 with single-row V2 requests. Prints req/s, p50/p99 latency and the
-server's CPU time per request for both, and roost's share of the floor's throughput.
+Starts `roost serve` (metrics and drift tracking on, one process, REST and gRPC listeners) on
+127.0.0.1 with the bench-rf20 example model (100-tree depth-8 random forest over 20 features),
+then a minimal ASGI app serving the same model the cheapest way (uvicorn + httptools + uvloop,
+orjson, inline onnxruntime run, no validation, no metrics; unchanged across turns so ratios
+stay comparable), and drives each in the same run:
+
+- REST with Debian's `wrk`: single-row JSON requests at each --concurrency (default 1, 8, 32),
+  64-row JSON requests at concurrency 8, and (roost only) 64-row requests with the binary
+  tensor data extension, compared with the floor's 64-row JSON;
+- gRPC (roost only) with benchmarks/grpc_load.py, a closed-loop Python client sending a
+  pre-serialized ModelInferRequest with raw_input_contents: single rows at concurrency 1
+  and 32, 64 rows at concurrency 8, compared with the floor's REST figures.
+
+Both servers run side by side and each roost run is followed at once by the floor's run of
+the same scenario. Prints req/s, p50/p99 latency and the server's CPU time per request for
+every row, and roost's share of the floor's throughput. The load generators share the
+machine with the server: on a small or busy machine the figures are noisy, so compare ratios
+within one run (CPU per request is steadier than req/s).
 
     python benchmarks/bench_serving.py [--duration 10] [--concurrency 1 8 32]
 
@@ -29,9 +41,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 from roost_devcluster.net import free_port
+from roost_serving.proto import open_inference_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "bench_serving.lua"
+GRPC_LOAD = Path(__file__).resolve().parent / "grpc_load.py"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 BARE_APP = textwrap.dedent(
@@ -71,7 +85,7 @@ BARE_APP = textwrap.dedent(
 
 @dataclass
 class Result:
-    """One wrk run against one server."""
+    """One load run against one server."""
 
     concurrency: int
     rps: float
@@ -79,6 +93,18 @@ class Result:
     p99_ms: float
     cpu_us_per_request: float
     errors: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one load run sends: a body file, its protocol and how many rows it carries."""
+
+    name: str
+    body: Path
+    rows: int
+    protocol: str = "rest"  # rest | grpc
+    header_length: int | None = None  # binary tensor data extension
+    floor: str | None = None  # the bare scenario it is compared with (default: its own name)
 
 
 def model_dir(work: Path) -> Path:
@@ -124,20 +150,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def run_wrk(url: str, body: Path, pid: int, concurrency: int, duration: int) -> Result:
+def run_wrk(url: str, scenario: Scenario, pid: int, concurrency: int, duration: int) -> Result:
     """One bounded wrk run; returns throughput, latency and server CPU per request."""
     threads = 1 if concurrency < 8 else 2
     base = ["wrk", f"-t{threads}", f"-c{concurrency}", "-s", str(LUA)]
+    extra = [str(scenario.body)]
+    if scenario.header_length is not None:
+        extra.append(str(scenario.header_length))
     # Warm-up: connections, caches, the batcher's steady state.
-    subprocess.run([*base, "-d2s", url, "--", str(body)], check=True, capture_output=True)
+    subprocess.run([*base, "-d2s", url, "--", *extra], check=True, capture_output=True)
     before = cpu_seconds(pid)
     out = subprocess.run(
-        [*base, f"-d{duration}s", "--latency", url, "--", str(body)],
+        [*base, f"-d{duration}s", "--latency", url, "--", *extra],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     used = cpu_seconds(pid) - before
+    return _result(out, used, concurrency)
+
+
+def run_grpc(target: str, scenario: Scenario, pid: int, concurrency: int, duration: int) -> Result:
+    """One bounded grpc_load.py run (after a 2 s warm-up run), like :func:`run_wrk`."""
+    base = [sys.executable, str(GRPC_LOAD), target, str(scenario.body), str(concurrency)]
+    subprocess.run([*base, "2"], check=True, capture_output=True)
+    before = cpu_seconds(pid)
+    out = subprocess.run([*base, str(duration)], check=True, capture_output=True, text=True).stdout
+    used = cpu_seconds(pid) - before
+    return _result(out, used, concurrency)
+
+
+def _result(out: str, used: float, concurrency: int) -> Result:
     line = next(ln for ln in out.splitlines() if ln.startswith("ROOST_RESULT "))
     data = json.loads(line.removeprefix("ROOST_RESULT "))
     requests = max(int(data["requests"]), 1)
@@ -167,32 +210,77 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def write_bodies(work: Path) -> dict[str, Scenario]:
+    """The request bodies: one row and 64 rows, JSON, binary extension and gRPC."""
+    rng = np.random.default_rng(1)
+    one = rng.normal(size=(1, 20)).astype(np.float32)
+    many = rng.normal(size=(64, 20)).astype(np.float32)
+    scenarios: dict[str, Scenario] = {}
+    for rows, array in ((1, one), (64, many)):
+        tensor = {"name": "X", "datatype": "FP32", "shape": list(array.shape)}
+        body = work / f"rows{rows}.json"
+        body.write_text(json.dumps({"inputs": [{**tensor, "data": array.ravel().tolist()}]}))
+        scenarios[f"json{rows}"] = Scenario(f"{rows}-row json", body, rows)
+        raw = array.astype("<f4").tobytes()
+        header = json.dumps(
+            {
+                "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        binary = work / f"rows{rows}.bin"
+        binary.write_bytes(header + raw)
+        scenarios[f"binary{rows}"] = Scenario(
+            f"{rows}-row binary", binary, rows, header_length=len(header), floor=f"{rows}-row json"
+        )
+        message = pb.ModelInferRequest(model_name="bench-rf20", raw_input_contents=[raw])
+        message.inputs.add(name="X", datatype="FP32", shape=list(array.shape))
+        grpc_body = work / f"rows{rows}.pb"
+        grpc_body.write_bytes(message.SerializeToString())
+        scenarios[f"grpc{rows}"] = Scenario(
+            f"{rows}-row grpc", grpc_body, rows, protocol="grpc", floor=f"{rows}-row json"
+        )
+    return scenarios
+
+
+Plan = list[tuple[Scenario, int]]
+
+
+def plans(bodies: dict[str, Scenario], concurrency: list[int]) -> dict[str, Plan]:
+    """server -> the (scenario, concurrency) runs it gets."""
+    bare: Plan = [(bodies["json1"], c) for c in concurrency] + [(bodies["json64"], 8)]
+    roost: Plan = [
+        *bare,
+        (bodies["binary64"], 8),
+        (bodies["grpc1"], 1),
+        (bodies["grpc1"], 32),
+        (bodies["grpc64"], 8),
+    ]
+    return {"roost": roost, "bare": bare}
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = model_dir(work)
         profile = models / "profile.json"
-        row = np.random.default_rng(1).normal(size=20).astype(np.float32).tolist()
-        body = work / "body.json"
-        body.write_text(
-            json.dumps(
-                {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 20], "data": row}]}
-            )
-        )
+        bodies = write_bodies(work)
         (work / "bare.py").write_text(BARE_APP)
-        results: dict[str, list[Result]] = {}
-        roost_port, bare_port = free_port(), free_port()
+        results: dict[str, list[tuple[Scenario, Result]]] = {}
+        roost_port, grpc_port, bare_port = free_port(), free_port(), free_port()
         roost_cmd = [sys.executable, "-m", "roost_serving", "serve", "--name", "bench-rf20"]
         roost_env = {
             "ROOST_MODEL": str(models / "model.onnx"),
             "ROOST_PORT": str(roost_port),
+            "ROOST_GRPC_PORT": str(grpc_port),
             "ROOST_LOG_LEVEL": "warning",
         }
         if profile.exists():
@@ -207,34 +295,62 @@ def main() -> None:
             "roost": (roost_cmd, roost_env, roost_port, infer_path, "/v2/health/ready"),
             "bare": (bare_cmd, {"BARE_MODEL": str(models / "model.onnx")}, bare_port, "/", "/"),
         }  # fmt: skip
-        for name, (cmd, env, port, path, ready) in servers.items():
-            proc = start(cmd, env)
-            try:
+        runs = plans(bodies, args.concurrency)
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name, (cmd, env, port, _path, ready) in servers.items():
+                procs[name] = start(cmd, env)
                 base = f"http://127.0.0.1:{port}"
                 if name == "bare":
-                    wait_ready_post(base, body, proc)
+                    wait_ready_post(base, bodies["json1"].body, procs[name])
                 else:
-                    wait_ready(base + ready, proc)
-                results[name] = [
-                    run_wrk(base + path, body, proc.pid, c, args.duration) for c in args.concurrency
-                ]
-                if name == "roost":
-                    metrics = httpx.get(base + "/metrics").text
-            finally:
+                    wait_ready(base + ready, procs[name])
+            # Both servers are up (the idle one costs nothing); each roost run is followed at
+            # once by the floor's run of the same scenario, so a ratio compares two runs made
+            # under the same load, which on a shared machine changes from minute to minute.
+            results = {name: [] for name in servers}
+            for scenario, c in runs["roost"]:
+                for name, (_cmd, _env, port, path, _ready) in servers.items():
+                    if (scenario, c) not in runs[name]:
+                        continue
+                    pid = procs[name].pid
+                    if scenario.protocol == "grpc":
+                        target = f"127.0.0.1:{grpc_port}"
+                        result = run_grpc(target, scenario, pid, c, args.duration)
+                    else:
+                        url = f"http://127.0.0.1:{port}{path}"
+                        result = run_wrk(url, scenario, pid, c, args.duration)
+                    results[name].append((scenario, result))
+            metrics = httpx.get(f"http://127.0.0.1:{roost_port}/metrics").text
+        finally:
+            for proc in procs.values():
                 stop(proc)
-    drift = "on" if profile.exists() else "off (no profile.json)"
-    print(f"bench-rf20 single-row requests, {args.duration}s per run, drift {drift}, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'server':<6} {'conc':>4} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'cpu us/req':>10} {'errors':>6}")  # fmt: skip
+    load_after = os.getloadavg()
+    report(results, metrics, args.duration, profile.exists(), (load_before[0], load_after[0]))
+
+
+def report(
+    results: dict[str, list[tuple[Scenario, Result]]],
+    metrics: str,
+    duration: int,
+    drift: bool,
+    load: tuple[float, float],
+) -> None:
+    """Print the table, the ratios to the floor and the batching figure."""
+    print(
+        f"bench-rf20, {duration}s per run, metrics on, drift {'on' if drift else 'off'}, "
+        f"{os.cpu_count()} CPUs, 1-min load average {load[0]:.1f} before / {load[1]:.1f} after"
+    )
+    print(f"{'server':<6} {'request':<15} {'conc':>4} {'req/s':>8} {'rows/s':>8} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'cpu us/req':>10} {'errors':>6} {'of bare':>7}")  # fmt: skip
+    floor = {(s.name, r.concurrency): r for s, r in results["bare"]}
     for name, rows in results.items():
-        for r in rows:
-            print(f"{name:<6} {r.concurrency:>4} {r.rps:>9.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
-                  f"{r.cpu_us_per_request:>10.1f} {r.errors:>6}")  # fmt: skip
-    for ours, floor in zip(results["roost"], results["bare"], strict=True):
-        print(
-            f"roost/bare throughput at concurrency {ours.concurrency}: {ours.rps / floor.rps:.0%}"
-        )
+        for scenario, r in rows:
+            base = floor.get((scenario.floor or scenario.name, r.concurrency))
+            share = f"{r.rps / base.rps:.0%}" if base is not None and name != "bare" else ""
+            print(f"{name:<6} {scenario.name:<15} {r.concurrency:>4} {r.rps:>8.0f} "
+                  f"{r.rps * scenario.rows:>8.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
+                  f"{r.cpu_us_per_request:>10.1f} {r.errors:>6} {share:>7}")  # fmt: skip
     batch = {
         line.split()[0]: float(line.split()[1])
         for line in metrics.splitlines()

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from roost_operator.api import API_VERSION, KIND, LABEL_MD, LABEL_REVISION, LABEL_SERVING
-from roost_operator.spec import ModelDeploymentSpec
+from roost_operator.spec import HTTPRouteSpec, ModelDeploymentSpec
 
 RUN_AS = 10001  # the serving image's numeric user, so runAsNonRoot can be verified
 SERVICE_PORT = 80
+GRPC_SERVICE_PORT = 8081  # the Service's gRPC port (KServe's and the container's default)
 CONTAINER = "server"
 
 Manifest = dict[str, Any]
@@ -96,6 +97,7 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
         {"name": "ROOST_NAME", "value": owner.name},
         {"name": "ROOST_REVISION", "value": revision},
         {"name": "ROOST_PORT", "value": str(server.port)},
+        {"name": "ROOST_GRPC_PORT", "value": str(server.grpc_port)},
         {"name": "ROOST_MAX_BATCH_SIZE", "value": str(server.max_batch_size)},
         {"name": "ROOST_MAX_DELAY_MS", "value": str(server.max_delay_ms)},
         {"name": "ROOST_THREADS", "value": str(server.threads)},
@@ -145,7 +147,10 @@ def build_deployment(
         "image": image,
         "command": ["roost", "serve"],
         "env": _env(owner, spec, revision),
-        "ports": [{"name": "http", "containerPort": spec.server.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": spec.server.port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": spec.server.grpc_port, "protocol": "TCP"},
+        ],
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         # Loading a large model from object storage can take minutes; liveness only starts
@@ -211,9 +216,17 @@ def _service(owner: Owner, name: str, match: dict[str, str], labels: dict[str, s
         "spec": {
             "type": "ClusterIP",
             "selector": match,
-            # Named target port: revisions with different spec.server.port share one Service.
+            # Named target ports: revisions with different ports share one Service.
             "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_SERVICE_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    # Meshes and gateways route it as HTTP/2 gRPC rather than plain TCP.
+                    "appProtocol": "grpc",
+                },
             ],
         },
     }
@@ -226,7 +239,7 @@ def build_service(owner: Owner) -> Manifest:
 
 
 def build_revision_service(owner: Owner, revision: str) -> Manifest:
-    """The Service `<md>-<rev>` over one revision: an HTTPRoute backend."""
+    """The Service `<md>-<rev>` over one revision: an HTTPRoute / GRPCRoute backend."""
     match = {LABEL_MD: owner.name, LABEL_REVISION: revision, LABEL_SERVING: "true"}
     labels = {**common_labels(owner.name), LABEL_REVISION: revision}
     return _service(owner, deployment_name(owner.name, revision), match, labels)
@@ -309,27 +322,58 @@ def build_http_route(
     canary_weight: int,
 ) -> Manifest:
     """The Gateway API HTTPRoute with stable/canary backend weights (percent of requests)."""
-    route = spec.http_route
-    if route is None:
+    if spec.http_route is None:
         raise ValueError("build_http_route needs spec.traffic.httpRoute")
+    backends = _backends(owner, stable_revision, canary_revision, canary_weight, SERVICE_PORT)
+    return _route("HTTPRoute", owner, spec.http_route, backends)
+
+
+def build_grpc_route(
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    stable_revision: str | None,
+    canary_revision: str | None,
+    canary_weight: int,
+) -> Manifest:
+    """The GRPCRoute counterpart of the HTTPRoute: the same weights, on the gRPC port.
+
+    A route of its own (`spec.traffic.grpcRoute`), not derived from the HTTPRoute: Gateway API
+    rejects a GRPCRoute whose hostnames overlap an HTTPRoute's on the same listener.
+    """
+    if spec.grpc_route is None:
+        raise ValueError("build_grpc_route needs spec.traffic.grpcRoute")
+    port = GRPC_SERVICE_PORT
+    backends = _backends(owner, stable_revision, canary_revision, canary_weight, port)
+    return _route("GRPCRoute", owner, spec.grpc_route, backends)
+
+
+def _backends(
+    owner: Owner, stable: str | None, canary: str | None, canary_weight: int, port: int
+) -> list[dict[str, Any]]:
     backends: list[dict[str, Any]] = []
-    weight = max(0, min(100, canary_weight)) if canary_revision else 0
-    if stable_revision:
+    weight = max(0, min(100, canary_weight)) if canary else 0
+    if stable:
         backends.append(
             {
-                "name": deployment_name(owner.name, stable_revision),
-                "port": SERVICE_PORT,
-                "weight": 100 - weight if canary_revision else 100,
+                "name": deployment_name(owner.name, stable),
+                "port": port,
+                "weight": 100 - weight if canary else 100,
             }
         )
-    if canary_revision:
+    if canary:
         backends.append(
             {
-                "name": deployment_name(owner.name, canary_revision),
-                "port": SERVICE_PORT,
-                "weight": weight if stable_revision else 100,
+                "name": deployment_name(owner.name, canary),
+                "port": port,
+                "weight": weight if stable else 100,
             }
         )
+    return backends
+
+
+def _route(
+    kind: str, owner: Owner, route: HTTPRouteSpec, backends: list[dict[str, Any]]
+) -> Manifest:
     parents = []
     for name, namespace in route.parent_refs:
         ref: dict[str, Any] = {
@@ -345,7 +389,7 @@ def build_http_route(
         body["hostnames"] = list(route.hostnames)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
+        "kind": kind,
         "metadata": _metadata(owner, route.name, common_labels(owner.name)),
         "spec": body,
     }

@@ -216,11 +216,16 @@ def _children(
         apply.append(builders.build_pdb(owner))
     if spec.autoscaling is not None:
         apply.append(builders.build_hpa(owner, spec))
-    if spec.http_route is not None:
+    if spec.http_route is not None or spec.grpc_route is not None:
         apply += [builders.build_revision_service(owner, rev) for rev in replicas]
         stable = state.stable.revision if state.stable else None
         canary = state.canary.revision if state.canary else None
-        apply.append(builders.build_http_route(owner, spec, stable, canary, decision.weight))
+        for route, build in (
+            (spec.http_route, builders.build_http_route),
+            (spec.grpc_route, builders.build_grpc_route),
+        ):
+            if route is not None:
+                apply.append(build(owner, spec, stable, canary, decision.weight))
     wanted = {ChildKey(m["apiVersion"], m["kind"], m["metadata"]["name"]) for m in apply}
     wanted |= {ChildKey("apps/v1", "Deployment", name) for name, _ in scale}
     delete = sorted(
@@ -264,6 +269,7 @@ def plan(
     status.update(new.to_status())
     # Remembered so that a route the spec stops naming is still found, and pruned.
     status["httpRoute"] = spec.http_route.name if spec.http_route is not None else None
+    status["grpcRoute"] = spec.grpc_route.name if spec.grpc_route is not None else None
     status["observedGeneration"] = md.generation
     status["replicas"] = sum(p.total for p in summary.values())
     status["readyReplicas"] = sum(p.ready for p in summary.values())

@@ -49,15 +49,25 @@ def _observed(
 
 
 async def _http_routes(runtime: Runtime, md: ModelDeploymentObject) -> list[dict[str, Any]]:
-    """The HTTPRoutes this reconciliation must see (no index: a GET by name each).
+    """The HTTPRoutes and GRPCRoutes this reconciliation must see (no index: a GET by name).
 
     The route `spec.traffic` names, whoever made it (roost applies its fields to it), and the
-    one roost applied before (`status.httpRoute`) when the spec no longer names it — but only
-    if this ModelDeployment owns it, so the planner prunes roost's routes and never a user's.
+    one roost applied before (`status.httpRoute` / `status.grpcRoute`) when the spec no longer
+    names it — but only if this ModelDeployment owns it, so the planner prunes roost's routes
+    and never a user's.
     """
-    named = ((md.spec.get("traffic") or {}).get("httpRoute") or {}).get("name")
-    previous = md.status.get("httpRoute")
-    path = collection_path("gateway.networking.k8s.io/v1", "HTTPRoute", md.namespace)
+    found = []
+    for kind, key in (("HTTPRoute", "httpRoute"), ("GRPCRoute", "grpcRoute")):
+        found += await _routes(runtime, md, kind, key)
+    return found
+
+
+async def _routes(
+    runtime: Runtime, md: ModelDeploymentObject, kind: str, key: str
+) -> list[dict[str, Any]]:
+    named = ((md.spec.get("traffic") or {}).get(key) or {}).get("name")
+    previous = md.status.get(key)
+    path = collection_path("gateway.networking.k8s.io/v1", kind, md.namespace)
     found = []
     for name in dict.fromkeys(n for n in (named, previous) if isinstance(n, str) and n):
         try:

@@ -37,6 +37,7 @@ RESERVED_ENV = {
     "ROOST_REVISION": "the revision hash",
     "ROOST_HOST": "the pod IP",
     "ROOST_PORT": "spec.server.port",
+    "ROOST_GRPC_PORT": "spec.server.grpcPort",
     "ROOST_MAX_BATCH_SIZE": "spec.server.maxBatchSize",
     "ROOST_MAX_DELAY_MS": "spec.server.maxDelayMs",
     "ROOST_THREADS": "spec.server.threads",
@@ -108,6 +109,7 @@ class ServerSpec:
 
     image: str | None = None
     port: int = 8080
+    grpc_port: int = 8081
     max_batch_size: int = 32
     max_delay_ms: int = 2
     threads: int = 1
@@ -220,6 +222,8 @@ class ModelDeploymentSpec:
     autoscaling: AutoscalingSpec | None = None
     rollout: RolloutPolicy = RolloutPolicy()
     http_route: HTTPRouteSpec | None = None
+    grpc_route: HTTPRouteSpec | None = None
+    """`spec.traffic.grpcRoute`: the GRPCRoute counterpart (same fields, gRPC port)."""
     paused: bool = False
 
 
@@ -251,9 +255,14 @@ def _server(raw: Mapping[str, Any]) -> ServerSpec:
             )
         env.append((name, str(item.get("value") or "")))
     image = raw.get("image")
+    port = _int(raw.get("port"), "spec.server.port", 8080, 1)
+    grpc_port = _int(raw.get("grpcPort"), "spec.server.grpcPort", 8081, 1)
+    if grpc_port == port:
+        raise SpecError(f"spec.server.grpcPort and spec.server.port are both {port}")
     return ServerSpec(
         image=str(image) if image else None,
-        port=_int(raw.get("port"), "spec.server.port", 8080, 1),
+        port=port,
+        grpc_port=grpc_port,
         max_batch_size=_int(raw.get("maxBatchSize"), "spec.server.maxBatchSize", 32, 1),
         max_delay_ms=_int(raw.get("maxDelayMs"), "spec.server.maxDelayMs", 2),
         threads=_int(raw.get("threads"), "spec.server.threads", 1, 1),
@@ -352,12 +361,12 @@ def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
     )
 
 
-def _http_route(raw: Mapping[str, Any] | None) -> HTTPRouteSpec | None:
-    route = (raw or {}).get("httpRoute")
+def _http_route(raw: Mapping[str, Any] | None, key: str = "httpRoute") -> HTTPRouteSpec | None:
+    route = (raw or {}).get(key)
     if not route:
         return None
     if not route.get("name") or not route.get("parentRefs"):
-        raise SpecError("spec.traffic.httpRoute needs a name and at least one parentRef")
+        raise SpecError(f"spec.traffic.{key} needs a name and at least one parentRef")
     refs = tuple(
         (str(r["name"]), str(r["namespace"]) if r.get("namespace") else None)
         for r in route["parentRefs"]
@@ -393,5 +402,6 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
             analysis=_analysis(rollout.get("analysis") or {}),
         ),
         http_route=_http_route(raw.get("traffic")),
+        grpc_route=_http_route(raw.get("traffic"), "grpcRoute"),
         paused=bool(raw.get("paused", False)),
     )

@@ -4,8 +4,11 @@
 batcher, the metrics and the drift monitor. ``POST .../infer`` is answered by a thin ASGI
 layer in front of FastAPI that calls the data plane directly: routing, dependency injection
 and response classes cost several times the model run of a small tabular model, and this one
-route carries all the traffic. The same route is declared to FastAPI, so the OpenAPI document
-describes it. Everything else goes through FastAPI.
+route carries all the traffic. FastAPI registers no handler for it (one that skipped the
+fast path's metrics could only drift from it); the OpenAPI document describes it all the same
+(:func:`_document_infer`). Everything else goes through FastAPI. With ``--grpc-port`` the
+same data plane also answers the Open Inference Protocol over gRPC
+(:mod:`roost_serving.grpc_server`).
 
 The model is loaded by a task the lifespan starts: the port opens at once, liveness is 200,
 readiness and inference answer 503 until the model is loaded. A model that cannot be loaded
@@ -21,22 +24,27 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
+from roost_serving.grpc_server import grpc_lifespan
 from roost_serving.limits import (
     DEADLINE_HEADER,
     RETRY_AFTER_SECONDS,
+    Limits,
     ShedError,
     deadline_exceeded,
     parse_deadline,
@@ -86,6 +94,8 @@ OFFLOAD_BYTES = 64 * 1024
 16 MiB JSON body takes the CPU for a few hundred milliseconds, which on the event loop would
 delay every other request and the health probes by as much."""
 
+Payload = TypeVar("Payload")
+
 
 class DataPlane:
     """Model lifecycle and inference, independent of HTTP routing."""
@@ -105,6 +115,8 @@ class DataPlane:
         self.limits = settings.limits()
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
+        self.grpc_port: int | None = None
+        """The bound gRPC port once the gRPC server listens."""
         self._arriving = 0
         # One thread: big requests are decoded in parallel with the model run, at most one
         # competes with the event loop for the GIL, and one large decoded body is built at once.
@@ -158,7 +170,7 @@ class DataPlane:
             if profile is not None and settings.profile is not None:
                 check_profile(profile, model.inputs, model.outputs, redact_uri(settings.profile))
         except RoostError as exc:
-            self._fatal(exc.message)
+            self.fail(exc.message)
             return
         monitor = DriftMonitor(
             profile, self.registry, settings.name, settings.revision, settings.drift_window
@@ -199,7 +211,8 @@ class DataPlane:
         except Exception as exc:  # any parse failure of the profile is a load failure
             raise FetchError(f"cannot load profile {redact_uri(uri)}: {exc}") from None
 
-    def _fatal(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
+        """The server cannot serve: record why and stop the process (exit status 1)."""
         self.load_error = reason
         log.error("model %r cannot be served: %s", self.settings.name, reason)
         self.on_fatal(reason)
@@ -235,12 +248,20 @@ class DataPlane:
         if self.inflight >= self.limits.max_queue:
             raise queue_full(self.inflight, self.limits)
 
-    async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: int | None
-    ) -> tuple[bytes, int | None]:
-        """Run one inference request; returns the response body and binary header length."""
-        offload = len(body) > OFFLOAD_BYTES
-        loop = asyncio.get_running_loop()
+    async def run(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[Payload], DecodedRequest],
+        payload: Payload,
+        offload: bool = False,
+    ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
+        """Decode, check and run one request of either protocol; returns it and its outputs.
+
+        ``decode(payload)`` is the protocol's codec (REST body or gRPC message); the checks
+        against the model and everything after them are shared. ``offload`` decodes on the
+        codec thread (large bodies), so the event loop keeps answering probes meanwhile.
+        """
         self._arriving += 1
         try:
             model = self.loaded_model(name, version)
@@ -248,17 +269,25 @@ class DataPlane:
             if batcher is None:
                 raise NotReadyError(f"model {name!r} is not loaded yet")
             if offload:
-                request = await loop.run_in_executor(
-                    self._codec, decode_request, body, header_length, self.limits
-                )
+                loop = asyncio.get_running_loop()
+                request = await loop.run_in_executor(self._codec, decode, payload)
             else:
-                request = decode_request(body, header_length, self.limits)
+                request = decode(payload)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1
-        outputs = await batcher.submit(request.inputs)
+        return request, await batcher.submit(request.inputs)
+
+    async def infer(
+        self, name: str, version: str | None, body: bytes, header_length: int | None
+    ) -> tuple[bytes, int | None]:
+        """Run one REST inference request; returns the response body and binary header length."""
+        offload = len(body) > OFFLOAD_BYTES
+        decode = partial(_decode_body, limits=self.limits)
+        request, outputs = await self.run(name, version, decode, (body, header_length), offload)
         if offload:
+            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._codec, self._encode, name, request, outputs)
         return self._encode(name, request, outputs)
 
@@ -266,6 +295,10 @@ class DataPlane:
         self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, int | None]:
         return encode_response(name, self.version, request, outputs, self.limits)
+
+
+def _decode_body(payload: tuple[bytes, int | None], limits: Limits) -> DecodedRequest:
+    return decode_request(*payload, limits)
 
 
 def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
@@ -408,9 +441,26 @@ def _drop_validation_errors(schema: dict[str, Any]) -> None:
         components.pop(name, None)
 
 
-def _empty(ok: bool) -> Response:
-    # V2 health endpoints: the status code is the answer, the body is empty.
-    return Response(status_code=200 if ok else 503)
+def _health(key: str, ok: bool, **extra: str) -> Response:
+    # The status code is the answer for Triton's and most clients; KServe's own client reads
+    # {"live": true} / {"ready": true} from the body (and raises on a 503, as against KServe).
+    body = orjson.dumps({**extra, key: ok})
+    return Response(body, status_code=200 if ok else 503, media_type="application/json")
+
+
+class RoostApp(FastAPI):
+    """FastAPI with :class:`InferenceFastPath` as its outermost layer.
+
+    Outside FastAPI's own ``__call__`` rather than registered as a middleware: that call and
+    Starlette's error middleware (a per-request telemetry check, a wrapped ``send``) cost a
+    fair share of a one-row request, and the fast path answers every error itself.
+    """
+
+    fast_path: InferenceFastPath
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the connection scope to the fast path, which falls back to FastAPI."""
+        await self.fast_path(scope, receive, send)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -419,11 +469,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     The returned app's ``state.plane`` is its :class:`DataPlane`.
     """
     plane = DataPlane(settings, registry if registry is not None else CollectorRegistry())
-    app = FastAPI(
+    lifespan: Callable[[Any], AbstractAsyncContextManager[None]] = plane.lifespan
+    if settings.grpc_port is not None:
+        lifespan = grpc_lifespan(plane, settings.host, settings.grpc_port)
+    app = RoostApp(
         title="roost",
         version=__version__,
         description="Open Inference Protocol (KServe V2) server for one ONNX model.",
-        lifespan=plane.lifespan,
+        lifespan=lifespan,
     )
     app.state.plane = plane
 
@@ -445,11 +498,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/v2/health/live", status_code=200, response_class=Response)
     async def live() -> Response:
-        return _empty(True)
+        return _health("live", True)
 
     @app.get("/v2/health/ready", response_class=Response)
     async def ready() -> Response:
-        return _empty(plane.ready)
+        return _health("ready", plane.ready)
 
     @app.get("/v2", response_model=ServerMetadataResponse)
     async def server_metadata() -> ServerMetadataResponse:
@@ -469,8 +522,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         try:
             plane.loaded_model(name, version)
         except NotReadyError:
-            return _empty(False)
-        return _empty(plane.ready)
+            return _health("ready", False, name=name)
+        return _health("ready", plane.ready, name=name)
 
     @app.get("/v2/models/{name}", response_model=ModelMetadataResponse)
     async def model_metadata(name: str) -> ModelMetadataResponse:
@@ -488,72 +541,68 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def version_ready_route(name: str, version: str) -> Response:
         return model_ready(name, version)
 
-    async def infer_route(name: str, version: str | None, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            raise PayloadTooLargeError(_too_large(len(body), settings.max_body_bytes))
-        length = request.headers.get(HEADER_LENGTH)
-        payload, out_length = await plane.infer(
-            name, version, body, parse_header_length(length.encode()) if length else None
-        )
-        if out_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
-            payload,
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(out_length)},
-        )
-
-    # Declared for the OpenAPI document (and used if the fast path is ever bypassed). The
-    # body is read raw, so the binary extension works here too; the schema is added below.
-    infer_doc: dict[str, Any] = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-            },
-        },
-    }
-    errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorResponse} for code in (400, 404, 413, 500, 503, 504)
-    }
-
-    @app.post(
-        "/v2/models/{name}/infer",
-        openapi_extra=infer_doc,
-        response_model=InferenceResponse,
-        responses=errors,
-    )
-    async def infer(name: str, request: Request) -> Response:
-        return await infer_route(name, None, request)
-
-    @app.post(
-        "/v2/models/{name}/versions/{version}/infer",
-        openapi_extra=infer_doc,
-        response_model=InferenceResponse,
-        responses=errors,
-    )
-    async def infer_version(name: str, version: str, request: Request) -> Response:
-        return await infer_route(name, version, request)
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
-            request_schema = InferenceRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for key, value in request_schema.pop("$defs", {}).items():
-                components.setdefault(key, value)
-            components["InferenceRequest"] = request_schema
-            _drop_validation_errors(schema)
-        return app.openapi_schema or schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    _document_infer(app)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(plane.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(InferenceFastPath, plane=plane)
+    app.fast_path = InferenceFastPath(partial(FastAPI.__call__, app), plane)
     return app
+
+
+def _document_infer(app: FastAPI) -> None:
+    """Describe the fast path's infer routes in the OpenAPI document (no handler behind them)."""
+    components: dict[str, type[BaseModel]] = {
+        "InferenceRequest": InferenceRequest,
+        "InferenceResponse": InferenceResponse,
+        "ErrorResponse": ErrorResponse,
+    }
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+    def operation(summary: str, params: list[str]) -> dict[str, Any]:
+        errors = {
+            str(code): {"description": phrase, "content": ref("ErrorResponse")}
+            for code, phrase in (
+                (400, "Bad Request"),
+                (404, "Not Found"),
+                (413, "Payload Too Large"),
+                (500, "Internal Server Error"),
+                (503, "Service Unavailable"),
+                (504, "Gateway Timeout"),
+            )
+        }
+        return {
+            "summary": summary,
+            "operationId": summary.lower().replace(" ", "_"),
+            "parameters": [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ],
+            "requestBody": {"required": True, "content": ref("InferenceRequest")},
+            "responses": {
+                "200": {"description": "Successful Response", "content": ref("InferenceResponse")},
+                **errors,
+            },
+        }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, model in components.items():
+                document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for key, value in document.pop("$defs", {}).items():
+                    schemas.setdefault(key, value)
+                schemas[name] = document
+            paths = schema.setdefault("paths", {})
+            paths["/v2/models/{name}/infer"] = {"post": operation("Infer", ["name"])}
+            paths["/v2/models/{name}/versions/{version}/infer"] = {
+                "post": operation("Infer Version", ["name", "version"])
+            }
+            _drop_validation_errors(schema)
+        return app.openapi_schema or schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

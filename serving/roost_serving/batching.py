@@ -12,6 +12,12 @@ model computes.
 ``max_delay`` bounds how long a batch is held open for requests that are already inside the
 server (received, still being decoded); the batcher never sits idle waiting for requests that
 have not arrived, so a lone request is not delayed and closed-loop clients are not throttled.
+
+A request that finds nothing to batch with (queue empty, no run in progress or being
+collected, no other request being decoded or about to submit after one turn of the loop) and
+a model cheap enough to run on the loop is run at once on its own task: going through the
+queue would cost a future and several task switches, about as much as a small model's whole
+run, to form a batch of one.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from roost_serving.protocol import RoostError
 
 log = logging.getLogger("roost.batching")
 
-INLINE_RUN_SECONDS = 0.0005
+INLINE_RUN_SECONDS = 0.002
 """Runs expected to take less than this happen on the event loop itself: handing a run to
-the worker thread and back costs tens of microseconds of CPU and two context switches, more
-than a small tabular model's whole run. Slower models run on the worker thread, so the loop
-keeps accepting and decoding requests (and answering probes) while they compute."""
+the worker thread and back costs 50-100 microseconds of CPU and two context switches, more
+than a small tabular model's run and a fifth of a 64-row forest run, and runs are serialised
+anyway, so the thread only buys overlap with decoding the next requests, which a pod with one
+or two cores cannot use. Slower models run on the worker thread, so the loop keeps accepting
+and decoding requests (and answering probes) while they compute."""
 
 INLINE_MAX_ELEMENTS = 4096
 """...and only batches this small run inline: the running average says nothing about one
@@ -96,7 +104,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roost-run")
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
-        self._run_seconds = 0.0
+        self._busy = False  # the worker holds a batch (collecting or running it)
+        self._pending = 0  # requests taking one loop turn before deciding to run at once
+        self._run_seconds = 0.0  # moving average of a run's CPU time (not wall time)
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -114,11 +124,40 @@ class Batcher:
         """Queue one request's inputs and wait for its outputs."""
         if self._closing:
             raise RoostError("the server is shutting down")
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         rows = _rows(inputs) if self.enabled else -1
+        if self._idle():
+            # Requests that arrived together sit in the loop's ready queue, each about to
+            # submit: one turn of the loop lets them show up (pending), so they are batched.
+            self._pending += 1
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._pending -= 1
+            if self._idle() and self._pending == 0:
+                return self._run_now(inputs, rows)
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(inputs, rows, _key(inputs) if rows > 0 else (), future))
         self._wakeup.set()
         return await future
+
+    def _idle(self) -> bool:
+        """Nothing queued, collected, running or being decoded, and the model runs inline."""
+        return (
+            not self._queue
+            and not self._busy
+            and self._run_seconds < INLINE_RUN_SECONDS
+            and self._arriving() <= 0
+        )
+
+    def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> Tensors:
+        """Run a lone request on the caller's task (synchronously: no other run can start)."""
+        self._on_dequeue(0.0)
+        started = time.thread_time()
+        result = self._run_one(inputs, rows)
+        self._account(time.thread_time() - started)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _take(self) -> list[_Item]:
         """Pop the head item and every following compatible one that fits in the batch."""
@@ -180,38 +219,57 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = await self._collect()
-            if not batch:
-                continue
-            started = time.perf_counter()
-            for item in batch:
-                self._on_dequeue(started - item.enqueued)
+            self._busy = True
             try:
-                elements = sum(a.size for item in batch for a in item.inputs.values())
-                if self._run_seconds < INLINE_RUN_SECONDS and elements <= INLINE_MAX_ELEMENTS:
-                    results = self._execute(batch)
-                else:
-                    results = await loop.run_in_executor(self._executor, self._execute, batch)
-                # Exponential average of run time decides where the next run happens.
-                elapsed = time.perf_counter() - started
-                self._run_seconds += 0.1 * (elapsed - self._run_seconds)
-            except BaseException as exc:  # delivered to every waiting request, never lost
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                await self._run_batch(loop)
+            finally:
+                self._busy = False
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Collect one batch from the queue, run it, and deliver every request's result."""
+        batch = await self._collect()
+        if not batch:
+            return
+        started = time.perf_counter()
+        for item in batch:
+            self._on_dequeue(started - item.enqueued)
+        try:
+            elements = sum(a.size for item in batch for a in item.inputs.values())
+            if self._run_seconds < INLINE_RUN_SECONDS and elements <= INLINE_MAX_ELEMENTS:
+                results = self._execute(batch)
+            else:
+                results = await loop.run_in_executor(self._executor, self._execute, batch)
+        except BaseException as exc:  # delivered to every waiting request, never lost
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():  # the client went away
                 continue
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():  # the client went away
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _account(self, cpu_seconds: float) -> None:
+        # The moving average of a run's CPU time decides where the next run happens. CPU
+        # time of the running thread, not wall time: on a busy node a descheduled cheap run
+        # must not look like an expensive one and move every run onto the thread.
+        self._run_seconds += 0.1 * (cpu_seconds - self._run_seconds)
 
     def _execute(self, batch: list[_Item]) -> list[Tensors | BaseException]:
-        """Run one batch (on the loop or the worker thread), falling back to single runs."""
+        """Run one batch (on the loop or the worker thread) and account its CPU time."""
+        started = time.thread_time()
+        try:
+            return self._execute_batch(batch)
+        finally:
+            self._account(time.thread_time() - started)
+
+    def _execute_batch(self, batch: list[_Item]) -> list[Tensors | BaseException]:
+        """Run one batch, falling back to single runs when it cannot be split."""
         if len(batch) == 1:
             return [self._single(batch[0])]
         names = list(batch[0].inputs)
@@ -237,12 +295,14 @@ class Batcher:
         return results
 
     def _single(self, item: _Item) -> Tensors | BaseException:
+        return self._run_one(item.inputs, item.rows)
+
+    def _run_one(self, inputs: Mapping[str, np.ndarray], rows: int) -> Tensors | BaseException:
         try:
-            outputs = self._run(item.inputs)
+            outputs = self._run(inputs)
         except RoostError as exc:
             return exc
-        rows = item.rows if item.rows > 0 else max(_rows(item.inputs), 1)
-        self._hook(item.inputs, outputs, rows)
+        self._hook(inputs, outputs, rows if rows > 0 else max(_rows(inputs), 1))
         return outputs
 
     def _hook(self, inputs: Mapping[str, np.ndarray], outputs: Tensors, rows: int) -> None:

@@ -42,6 +42,9 @@ class Settings:
     """Address to listen on (pods: their pod IP)."""
     port: int = 8080
     """TCP port for the inference API and ``/metrics``."""
+    grpc_port: int | None = None
+    """TCP port of the Open Inference Protocol's gRPC service; ``None`` (unset or empty):
+    no gRPC listener; 0: any free port."""
     max_batch_size: int = 32
     """Most rows coalesced into one onnxruntime run; 1 disables dynamic batching."""
     max_delay_ms: float = 2.0
@@ -99,6 +102,11 @@ class Settings:
             object.__setattr__(self, "sha256", digest)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.grpc_port is not None:
+            if not 0 <= self.grpc_port <= 65535:
+                raise ConfigError(f"--grpc-port must be between 0 and 65535, got {self.grpc_port}")
+            if self.grpc_port == self.port != 0:
+                raise ConfigError(f"--grpc-port and --port are both {self.port}; give two ports")
         for field, minimum in (
             ("max_batch_size", 1),
             ("threads", 1),
@@ -162,6 +170,10 @@ def _optional_str(value: str) -> str | None:
     return value or None
 
 
+def _optional_int(value: str) -> int | None:
+    return int(value) if value.strip() else None
+
+
 # field -> (parser of the env/flag text, help). The flag is --field-with-dashes and the
 # environment variable ROOST_FIELD_UPPERCASE, so the two can never drift apart.
 _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
@@ -172,6 +184,7 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "sha256": (_optional_str, "expected sha256 of the model file; refuse to start otherwise"),
     "host": (str, "address to listen on"),
     "port": (int, "port to listen on"),
+    "grpc_port": (_optional_int, "port of the gRPC inference service (off when unset)"),
     "max_batch_size": (int, "most rows per onnxruntime run (1 disables batching)"),
     "max_delay_ms": (float, "longest wait for a batch to fill, in milliseconds"),
     "threads": (int, "onnxruntime intra-op threads"),

@@ -1,6 +1,8 @@
 """Serving metrics (docs/architecture.md, "Serving metrics"), on an injectable registry.
 
-Every series carries ``model`` and ``revision``. Labelled children are resolved once here,
+Every series carries ``model`` and ``revision``; request counts and latency also carry
+``protocol`` (``rest`` or ``grpc``), so one pod's two listeners can be told apart while every
+query that sums over a revision keeps counting both. Labelled children are resolved once here,
 because ``Metric.labels(...)`` on every request costs more than the observation itself.
 Drift metrics (``roost_feature_*``, ``roost_predictions_total``) belong to monitor.py.
 """
@@ -39,17 +41,20 @@ class ServingMetrics:
         self._values = (model, revision)
         self._requests = Counter(
             "roost_requests",
-            "Inference requests by HTTP status code.",
-            (*labels, "code"),
+            "Inference requests by protocol and HTTP status code (gRPC: the status that the "
+            "error maps to, so error-rate queries read both protocols alike).",
+            (*labels, "protocol", "code"),
             registry=registry,
         )
-        self.request_duration = Histogram(
+        duration = Histogram(
             "roost_request_duration_seconds",
             "Inference request latency, end to end inside the server.",
-            labels,
+            (*labels, "protocol"),
             buckets=REQUEST_BUCKETS,
             registry=registry,
-        ).labels(model, revision)
+        )
+        self.request_duration = duration.labels(model, revision, "rest")
+        self.grpc_duration = duration.labels(model, revision, "grpc")
         self.queue_duration = Histogram(
             "roost_queue_duration_seconds",
             "Time a request waited in the batcher queue before its onnxruntime run started.",
@@ -85,8 +90,9 @@ class ServingMetrics:
         # Pre-create the codes the server can answer, so error rates read 0 rather than
         # "no data" before the first error and the hot path is a dict lookup.
         self._codes = {
-            code: self._requests.labels(model, revision, str(code))
+            (code, protocol): self._requests.labels(model, revision, protocol, str(code))
             for code in (200, 400, 404, 413, 500, 503, 504)
+            for protocol in ("rest", "grpc")
         }
         # Overload, apart from failures: canary analysis can tell "too much traffic" from
         # "broken model" (shed requests are also counted under their code above).
@@ -101,11 +107,13 @@ class ServingMetrics:
             for reason in ("queue_full", "deadline")
         }
 
-    def count_request(self, code: int) -> None:
-        """Count one finished inference request by its HTTP status."""
-        child = self._codes.get(code)
+    def count_request(self, code: int, protocol: str = "rest") -> None:
+        """Count one finished inference request by protocol and (HTTP) status."""
+        child = self._codes.get((code, protocol))
         if child is None:
-            child = self._codes[code] = self._requests.labels(*self._values, str(code))
+            child = self._codes[code, protocol] = self._requests.labels(
+                *self._values, protocol, str(code)
+            )
         child.inc()
 
     def count_shed(self, reason: str) -> None:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,11 @@ class LoadedModel:
     load_seconds: float
     platform: str = PLATFORM
 
+    @cached_property
+    def output_names(self) -> list[str]:
+        """Names of :attr:`outputs`, in order: what every run asks onnxruntime for."""
+        return [spec.name for spec in self.outputs]
+
     @property
     def batchable(self) -> bool:
         """True when every input and output has a dynamic first (batch) dimension."""
@@ -96,7 +102,7 @@ class LoadedModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph; onnxruntime's complaints about the inputs become a 400."""
-        names = [spec.name for spec in self.outputs]
+        names = self.output_names
         try:
             results = self.session.run(names, dict(inputs))
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as exc:

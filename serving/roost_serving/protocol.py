@@ -456,13 +456,16 @@ def check_outputs(request: DecodedRequest, signature: Sequence[TensorSpec]) -> N
             )
 
 
+_DATATYPES = {dtype: name for name, dtype in DTYPES.items() if name != "BYTES"}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype of a numpy array (object and unicode arrays are BYTES)."""
+    name = _DATATYPES.get(array.dtype)
+    if name is not None:
+        return name
     if array.dtype.kind in "OUS":
         return "BYTES"
-    for name, dtype in DTYPES.items():
-        if dtype == array.dtype:
-            return name
     raise RoostError(f"output datatype {array.dtype} has no Open Inference Protocol equivalent")
 
 

@@ -104,6 +104,11 @@ REJECTED = [
         id="bad-interval",
     ),
     pytest.param(
+        _manifest(server={"port": 9000, "grpcPort": 9000}),
+        "spec.server.grpcPort and spec.server.port must be different ports",
+        id="same-grpc-port",
+    ),
+    pytest.param(
         _manifest(name="m" * 53),
         "metadata.name must be at most 52 characters",
         id="long-name",
@@ -144,6 +149,7 @@ def test_good_manifest_is_accepted_with_defaults(kube: client.ApiClient, namespa
     assert spec["paused"] is False
     assert spec["server"] == {
         "port": 8080,
+        "grpcPort": 8081,
         "maxBatchSize": 32,
         "maxDelayMs": 2,
         "threads": 1,

@@ -38,9 +38,10 @@ one row per rule naming the operation that needs it. */}}
   resources: ["events"]
   verbs: ["create"]
 {{- if .Values.rbac.gatewayAPI }}
-# spec.traffic.httpRoute: read, apply and prune the weighted route (no index, so no list/watch).
+# spec.traffic.httpRoute / grpcRoute: read, apply and prune the weighted routes (no index, so
+# no list/watch).
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["httproutes"]
+  resources: ["httproutes", "grpcroutes"]
   verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 {{- end }}

@@ -74,10 +74,11 @@ def scrape_config(
                         "regex": "Running",
                         "action": "keep",
                     },
-                    # Discovery yields one target per declared port; portless ones are useless.
+                    # Discovery yields one target per declared port; /metrics is on the one
+                    # named http (not grpc, not portless), as the chart's PodMonitor says.
                     {
-                        "source_labels": ["__meta_kubernetes_pod_container_port_number"],
-                        "regex": ".+",
+                        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                        "regex": "http",
                         "action": "keep",
                     },
                     copy("__meta_kubernetes_namespace", "namespace"),

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from roost_operator import builders
 from roost_operator.builders import Owner
-from roost_operator.spec import parse_spec
+from roost_operator.spec import SpecError, parse_spec
 
 OWNER = Owner(name="wine", namespace="ml", uid="1234")
 REV = "abcdef0123"
@@ -102,7 +102,11 @@ class TestDeployment:
         assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
         assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
-        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        assert c["ports"] == [
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+        ]
+        assert env_of(d)["ROOST_GRPC_PORT"] == "8081"
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
     def test_restricted_security_context(self) -> None:
@@ -146,7 +150,21 @@ class TestService:
             "roost.dev/serving": "true",
         }
         assert svc["spec"]["ports"][0]["targetPort"] == "http"
+        assert svc["spec"]["ports"][1] == {
+            "name": "grpc",
+            "port": 8081,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        }
         assert svc["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+
+    def test_grpc_port_is_configurable_and_must_differ_from_the_http_port(self) -> None:
+        d = builders.build_deployment(OWNER, spec(server={"grpcPort": 9000}), REV, 1, "img:1")
+        ports = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert ports[1] == {"name": "grpc", "containerPort": 9000, "protocol": "TCP"}
+        with pytest.raises(SpecError, match=r"grpcPort and spec\.server\.port are both 8080"):
+            spec(server={"grpcPort": 8080})
 
 
 class TestRevisionService:
@@ -246,3 +264,29 @@ class TestHTTPRoute:
         assert [(b["name"], b["weight"]) for b in r["spec"]["rules"][0]["backendRefs"]] == [
             ("wine-aaaa", 100)
         ]
+
+
+class TestGRPCRoute:
+    route = {
+        "grpcRoute": {
+            "name": "wine-grpc",
+            "parentRefs": [{"name": "gw"}],
+            "hostnames": ["grpc.wine.example"],
+        }
+    }
+
+    def test_same_weights_on_the_grpc_service_port(self) -> None:
+        r = builders.build_grpc_route(OWNER, spec(traffic=self.route), "aaaa", "bbbb", 20)
+        assert (r["kind"], r["metadata"]["name"]) == ("GRPCRoute", "wine-grpc")
+        assert r["spec"]["hostnames"] == ["grpc.wine.example"]
+        backends = r["spec"]["rules"][0]["backendRefs"]
+        assert [(b["name"], b["port"], b["weight"]) for b in backends] == [
+            ("wine-aaaa", 8081, 80),
+            ("wine-bbbb", 8081, 20),
+        ]
+
+    def test_needs_a_grpc_route(self) -> None:
+        with pytest.raises(ValueError, match="grpcRoute"):
+            builders.build_grpc_route(OWNER, spec(), "aaaa", None, 0)
+        with pytest.raises(SpecError, match=r"spec\.traffic\.grpcRoute needs a name"):
+            spec(traffic={"grpcRoute": {"name": "x"}})

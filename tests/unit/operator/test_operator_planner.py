@@ -167,6 +167,18 @@ class TestTrafficRoute:
         assert later.status["httpRoute"] is None
         assert status_patch(plan.status, later.status)["httpRoute"] is None
 
+    def test_grpc_route_is_applied_beside_the_http_route_and_pruned_alone(self) -> None:
+        grpc = {"grpcRoute": {"name": "wine-grpc", "parentRefs": [{"name": "gw-grpc"}]}}
+        spec = {"model": V1, "replicas": 2, "traffic": {**self.ROUTE, **grpc}}
+        plan, rev = settle(spec, 2)
+        assert {("HTTPRoute", "wine-route"), ("GRPCRoute", "wine-grpc")} <= set(kinds(plan))
+        assert plan.status["grpcRoute"] == "wine-grpc"
+        http_only = {"model": V1, "replicas": 2, "traffic": self.ROUTE}
+        pods = [pod(rev, 0), pod(rev, 1)]
+        later = planner.plan(md(http_only, plan.status), observed_of(plan), pods, None, NOW, IMAGE)
+        assert {(k.kind, k.name) for k in later.delete} == {("GRPCRoute", "wine-grpc")}
+        assert later.status["grpcRoute"] is None
+
 
 class TestScaling:
     def test_scale_keeps_the_revision(self) -> None:

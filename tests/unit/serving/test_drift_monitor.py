@@ -195,3 +195,35 @@ def test_bin_counters_accumulate_beside_the_window_with_the_reference_shares() -
         0.1
     )
     assert value(reg, "roost_feature_reference_share", feature="f0", bin="missing") is None
+def test_a_large_batch_bins_exactly_as_its_rows_one_by_one() -> None:
+    # Large batches are binned column-major and single rows row-major: the counts must agree,
+    # edge values, NaN and infinities included.
+    profile = Profile(rows=10, features=(F0, F1), prediction=CLASSES)
+    together, _ = monitor(profile, window=500)
+    alone, _ = monitor(profile, window=500)
+    rng = np.random.default_rng(5)
+    x = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0, 10.0, 11.0, np.nan, np.inf, -np.inf], size=(64, 2))
+    labels = rng.integers(0, 4, size=64)
+    inputs = {"X": x.astype(np.float32)}
+    together.observe(inputs, {"label": labels})
+    for i in range(64):
+        alone.observe({"X": inputs["X"][i : i + 1]}, {"label": labels[i : i + 1]})
+    together.flush()
+    alone.flush()
+    np.testing.assert_array_equal(together._window.counts, alone._window.counts)
+    assert together.statistics() == alone.statistics()
+
+
+def test_pending_rows_of_different_widths_are_all_counted_at_the_next_read() -> None:
+    # Rows are binned lazily, in bulk; batches that cannot be concatenated (another width,
+    # another dtype) are binned separately, and a read always sees every row observed.
+    mon, reg = monitor(Profile(rows=10, features=(F0,), prediction=CLASSES), window=100)
+    mon.observe({"X": np.array([[-1.0]], dtype=np.float32)}, {"label": np.array([0])})
+    mon.observe({"X": np.array([[0.5, 7.0], [2.0, 7.0]])}, {"label": np.array([1, 2])})
+    mon.observe({"X": np.array([[0.5]], dtype=np.float32)}, {"label": np.array([1])})
+    assert value(reg, "roost_drift_window_rows") == 4
+    assert value(reg, "roost_predictions_total", bin="1") == 2
+    live_f0 = [1, 2, 1]
+    assert value(reg, "roost_feature_psi", feature="f0") == pytest.approx(
+        psi(F0.frequencies, live_f0)
+    )

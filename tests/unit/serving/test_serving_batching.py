@@ -105,3 +105,24 @@ async def test_over_http_concurrent_results_equal_unbatched(
     labels = {"model": "forest", "revision": ""}
     assert server.metric("roost_batch_size_sum", **labels) == sum(len(x) for x in rows)
     assert server.metric("roost_queue_duration_seconds_count", **labels) == len(rows)
+
+
+async def test_a_lone_request_runs_at_once_and_is_still_observed() -> None:
+    batches: list[int] = []
+    waits: list[float] = []
+    batcher = Batcher(
+        lambda inputs: {"Y": inputs["X"] * 2},
+        max_batch_size=8,
+        max_delay_s=0.002,
+        enabled=True,
+        on_batch=lambda _i, _o, rows: batches.append(rows),
+        on_dequeue=waits.append,
+        arriving=lambda: 0,
+    )
+    batcher.start()
+    x = np.ones((3, 2), dtype=np.float32)
+    for _ in range(2):
+        np.testing.assert_array_equal((await batcher.submit({"X": x}))["Y"], x * 2)
+    await batcher.stop()
+    # Drift and batch metrics see each run; nothing waited in the queue.
+    assert (batches, waits) == ([3, 3], [0.0, 0.0])

@@ -23,6 +23,8 @@ RunningServer = Any
 ONNX_TYPES = list(DTYPES)
 
 FOREST_ROW = [0.5, -1.0, 0.25, 2.0, 0.0]
+_REST = {"protocol": "rest"}
+_FOREST_REST = {"model": "forest", "revision": "", "protocol": "rest"}
 
 
 def _forest(start_server: type[RunningServer], models: dict[str, Path], **kw: Any) -> RunningServer:
@@ -44,10 +46,12 @@ def test_health_and_metadata(
     start_server: type[RunningServer], serving_models: dict[str, Path]
 ) -> None:
     server = _forest(start_server, serving_models, revision="abc123")
-    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+    live = httpx.get(server.url + "/v2/health/live")
+    assert (live.status_code, live.json()) == (200, {"live": True})
     ready = httpx.get(server.url + "/v2/health/ready")
-    assert (ready.status_code, ready.content) == (200, b"")
-    assert httpx.get(server.url + "/v2/models/forest/ready").status_code == 200
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    model_ready = httpx.get(server.url + "/v2/models/forest/ready")
+    assert (model_ready.status_code, model_ready.json()) == (200, {"name": "forest", "ready": True})
     assert httpx.get(server.url + "/v2/models/forest/versions/abc123/ready").status_code == 200
     meta = httpx.get(server.url + "/v2").json()
     assert meta["name"] == "roost"
@@ -267,7 +271,7 @@ def test_bad_requests_get_400_with_a_reason(
     response = _infer(server.url, body)
     assert response.status_code == status
     assert fragment in response.json()["error"]
-    assert server.metric("roost_requests_total", model="forest", revision="", code="400") == 1.0
+    assert server.metric("roost_requests_total", **_FOREST_REST, code="400") == 1.0
 
 
 def test_missing_input_invalid_json_404_and_413(
@@ -332,9 +336,10 @@ def test_metrics_endpoint_and_values(
         assert _infer(server.url, _row_request([FOREST_ROW])).status_code == 200
     _infer(server.url, {"inputs": []})
     labels = {"model": "forest", "revision": "r1"}
-    assert server.metric("roost_requests_total", code="200", **labels) == 3.0
-    assert server.metric("roost_requests_total", code="400", **labels) == 1.0
-    assert server.metric("roost_request_duration_seconds_count", **labels) == 4.0
+    assert server.metric("roost_requests_total", code="200", **_REST, **labels) == 3.0
+    assert server.metric("roost_requests_total", code="400", **_REST, **labels) == 1.0
+    assert server.metric("roost_requests_total", code="200", protocol="grpc", **labels) == 0.0
+    assert server.metric("roost_request_duration_seconds_count", **_REST, **labels) == 4.0
     assert server.metric("roost_queue_duration_seconds_count", **labels) == 3.0
     assert server.metric("roost_batch_size_sum", **labels) == 3.0
     assert server.metric("roost_inflight_requests", **labels) == 0.0
@@ -343,11 +348,14 @@ def test_metrics_endpoint_and_values(
     assert server.metric("roost_model_info", **labels, **info) == 1.0
     assert server.metric("roost_model_load_duration_seconds", **labels) > 0
     text = httpx.get(server.url + "/metrics").text
-    assert 'roost_requests_total{code="200",model="forest",revision="r1"} 3.0' in text
+    assert (
+        'roost_requests_total{code="200",model="forest",protocol="rest",revision="r1"} 3.0' in text
+    )
     # The fine request-latency buckets the operator's latency gate needs (x1.14 apart).
     assert (
-        'roost_request_duration_seconds_bucket{le="0.00065",model="forest",revision="r1"}' in text
-    )
+        'roost_request_duration_seconds_bucket{le="0.00065",model="forest",protocol="rest",'
+        'revision="r1"}'
+    ) in text
     assert 'roost_queue_duration_seconds_bucket{le="0.0075",model="forest",revision="r1"}' in text
 
 
@@ -387,7 +395,7 @@ def test_not_ready_while_the_model_downloads_then_ready(
     server = start_server(Settings(model=url, name="forest"), wait_ready=False)
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
     not_ready = httpx.get(server.url + "/v2/health/ready")
-    assert (not_ready.status_code, not_ready.content) == (503, b"")
+    assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
     assert httpx.get(server.url + "/v2/models/forest/ready").status_code == 503
     refused = _infer(server.url, _row_request([FOREST_ROW]))
     assert refused.status_code == 503
@@ -398,7 +406,7 @@ def test_not_ready_while_the_model_downloads_then_ready(
             break
         threading.Event().wait(0.01)
     assert _infer(server.url, _row_request([FOREST_ROW])).status_code == 200
-    assert server.metric("roost_requests_total", model="forest", revision="", code="503") == 1.0
+    assert server.metric("roost_requests_total", **_FOREST_REST, code="503") == 1.0
 
 
 def test_openapi_documents_the_infer_request(
@@ -410,3 +418,11 @@ def test_openapi_documents_the_infer_request(
     ref = infer["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert ref == "#/components/schemas/InferenceRequest"
     assert "RequestInput" in spec["components"]["schemas"]
+    versioned = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert [p["name"] for p in versioned["parameters"]] == ["name", "version"]
+    ok = versioned["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok == "#/components/schemas/InferenceResponse"
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    # Documented, but no FastAPI handler behind it: the fast path answers every infer request.
+    routes = {getattr(r, "path", "") for r in server.app.routes}
+    assert not any(path.endswith("/infer") for path in routes)

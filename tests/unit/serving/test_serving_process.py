@@ -153,7 +153,7 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
 def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
-    port = free_port()
+    port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         "ROOST_MODEL": str(serving_models["forest"]),
@@ -208,3 +208,53 @@ def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
     assert set(statuses) == {200}, statuses
     assert closes["close"] >= 1  # responses during the drain told clients to reconnect
     assert exited < 6, exited  # inside the grace period the pod was given
+
+
+
+def test_grpc_port_in_use_exits_1_with_the_reason(
+    serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        model = str(serving_models["forest"])
+        proc = _start(
+            {}, "--model", model, "--port", str(free_port()), "--grpc-port", str(grpc_port)
+        )
+        processes.append(proc)
+        _fails_with(proc, f"cannot listen for gRPC on 127.0.0.1:{grpc_port}")
+
+
+def test_sigterm_turns_grpc_readiness_false_serves_the_drain_and_exits_0(
+    serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
+) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    port, grpc_port = free_port(), free_port()
+    env = {
+        "ROOST_MODEL": str(serving_models["forest"]),
+        "ROOST_NAME": "forest",
+        "ROOST_PORT": str(port),
+        "ROOST_GRPC_PORT": str(grpc_port),
+        "ROOST_DRAIN_SECONDS": "1.5",
+    }
+    proc = _start(env)
+    processes.append(proc)
+    _wait_ready(f"http://127.0.0.1:{port}", proc)
+    client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_server_ready()
+    proc.send_signal(signal.SIGTERM)
+    for _ in range(100):
+        if not client.is_server_ready():
+            break
+        time.sleep(0.01)
+    assert not client.is_server_ready()
+    tensor = triton.InferInput("X", [1, 5], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 5), dtype=np.float32))
+    assert client.infer("forest", [tensor]).as_numpy("label").shape == (1,)
+    client.close()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+

@@ -1,0 +1,160 @@
+"""Where a request's time goes: roost's ASGI app and the bare floor, in process, no sockets.
+
+Drives roost's app (metrics and drift on, the bench-rf20 model and profile) and the bare
+floor of bench_serving.py with the same requests through their ASGI interfaces, one at a time
+(concurrency 1), and prints CPU microseconds per request for each case: single-row JSON,
+64-row JSON and 64-row binary. With ``--profile`` it runs roost's cases under pyinstrument and
+prints each call tree, which is where the breakdown in docs/performance.md comes from.
+Without sockets the figures leave out the HTTP server and the kernel (the same for both
+servers), so they isolate the work roost adds on top of the floor and are steady on a busy
+machine, unlike the load runs of bench_serving.py.
+
+    python benchmarks/profile_serving.py [--requests 3000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serving import BARE_APP, model_dir
+
+Scope = MutableMapping[str, Any]
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def bodies() -> dict[str, tuple[bytes, int | None]]:
+    """case -> (body, JSON header length for the binary extension)."""
+    rng = np.random.default_rng(1)
+    out: dict[str, tuple[bytes, int | None]] = {}
+    for rows in (1, 64):
+        array = rng.normal(size=(rows, 20)).astype(np.float32)
+        tensor = {"name": "X", "datatype": "FP32", "shape": [rows, 20]}
+        out[f"{rows}-row json"] = (
+            json.dumps({"inputs": [{**tensor, "data": array.ravel().tolist()}]}).encode(),
+            None,
+        )
+        raw = array.astype("<f4").tobytes()
+        header = json.dumps(
+            {
+                "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        out[f"{rows}-row binary"] = (header + raw, len(header))
+    return out
+
+
+async def call(app: App, path: str, body: bytes, header_length: int | None) -> int:
+    """One POST through an ASGI app; returns the status."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if header_length is not None:
+        headers.append((b"inference-header-content-length", b"%d" % header_length))
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": headers,
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def measure(app: App, path: str, body: bytes, length: int | None, n: int) -> float:
+    """CPU microseconds per request over ``n`` sequential requests (after a warm-up)."""
+    for _ in range(200):
+        assert await call(app, path, body, length) == 200
+    started = time.process_time()
+    for _ in range(n):
+        await call(app, path, body, length)
+    return (time.process_time() - started) / n * 1e6
+
+
+def bare_app(model: Path) -> App:
+    """The floor of bench_serving.py, loaded as a module."""
+    os.environ["BARE_MODEL"] = str(model)
+    module = ModuleType("bare")
+    exec(compile(BARE_APP, "bare.py", "exec"), module.__dict__)
+    app: App = module.app
+    return app
+
+
+async def main_async(n: int, profile: bool) -> None:
+    """Load both apps, run every case, print the table (and the profiles)."""
+    from prometheus_client import CollectorRegistry
+    from roost_serving.app import create_app
+    from roost_serving.config import Settings
+
+    models = model_dir(Path(tempfile.mkdtemp(prefix="roost-profile-")))
+    settings = Settings(
+        model=str(models / "model.onnx"),
+        profile=str(models / "profile.json"),
+        name="bench-rf20",
+        log_level="warning",
+    )
+    app = create_app(settings, registry=CollectorRegistry())
+    plane = app.state.plane
+    bare = bare_app(models / "model.onnx")
+    path = "/v2/models/bench-rf20/infer"
+    async with plane.lifespan(app):
+        for _ in range(6000):  # up to a minute for the model to load
+            if plane.ready:
+                break
+            await asyncio.sleep(0.01)
+        print(f"{'request':<15} {'roost us':>9} {'bare us':>8} {'roost/bare':>10}")
+        for case, (body, length) in bodies().items():
+            ours = await measure(app, path, body, length, n)
+            floor = "" if length is not None else f"{await measure(bare, '/', body, None, n):8.1f}"
+            ratio = f"{ours / float(floor):10.2f}" if floor else ""
+            print(f"{case:<15} {ours:>9.1f} {floor:>8} {ratio}")
+        if profile:
+            from pyinstrument import Profiler
+
+            for case, (body, length) in bodies().items():
+                profiler = Profiler(interval=0.0001, async_mode="disabled")
+                profiler.start()
+                for _ in range(n):
+                    await call(app, path, body, length)
+                profiler.stop()
+                print(f"\n=== roost, {case}, {n} requests")
+                print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def main() -> None:
+    """Parse the arguments and run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per case")
+    parser.add_argument("--profile", action="store_true", help="print pyinstrument call trees")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.requests, args.profile))
+
+
+if __name__ == "__main__":
+    main()
