@@ -13,14 +13,25 @@ their HTTP status to a gRPC status code (:data:`GRPC_CODES`). No grpc, no onnxru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from roost_serving.limits import (
+    Limits,
+    check_input_count,
+    check_output_names,
+    check_response_size,
+    check_shape,
+    check_total_elements,
+    response_size,
+)
 from roost_serving.proto import open_inference_pb2 as pb
 from roost_serving.protocol import (
     _LE_DTYPES,
+    DEFAULT_LIMITS,
     DTYPES,
     BadRequestError,
     DecodedRequest,
@@ -28,7 +39,6 @@ from roost_serving.protocol import (
     _bytes_elements,
     _count_message,
     _decode_binary,
-    _element_count,
     datatype_of,
 )
 
@@ -70,9 +80,9 @@ def grpc_code_name(http_status: int) -> str:
     return "INVALID_ARGUMENT" if 400 <= http_status < 500 else "INTERNAL"
 
 
-def _shape(name: str, dims: Sequence[int]) -> list[int]:
+def _shape(name: str, dims: Sequence[int], limits: Limits) -> list[int]:
     shape = list(dims)
-    _element_count(name, shape)  # the REST path's check: negative dimensions are refused
+    check_shape(name, shape, limits)  # the REST path's limits: dimensions, elements
     return shape
 
 
@@ -85,7 +95,7 @@ def _decode_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[
             f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
         )
     values = getattr(tensor.contents, field)
-    count = _element_count(name, shape)
+    count = math.prod(shape)  # within the limits: checked by _shape
     if len(values) != count:
         raise BadRequestError(_count_message(name, shape, count, len(values)))
     if datatype == "BYTES":
@@ -106,7 +116,11 @@ def _has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
     return tensor.HasField("contents") and tensor.contents.ByteSize() > 0
 
 
-def _decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+def _decode_inputs(request: pb.ModelInferRequest, limits: Limits) -> dict[str, np.ndarray]:
+    check_input_count(len(request.inputs), limits)
+    check_total_elements(
+        sum(check_shape(t.name, list(t.shape), limits) for t in request.inputs), limits
+    )
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise BadRequestError(
@@ -122,27 +136,33 @@ def _decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
             )
         if name in inputs:
             raise BadRequestError(f"input {name!r} is given twice")
-        shape = _shape(name, tensor.shape)
+        shape = _shape(name, tensor.shape, limits)
         if raw:
             if _has_contents(tensor):
                 raise BadRequestError(
                     f"input {name!r} has contents although raw_input_contents is used; "
                     "use one or the other for every input"
                 )
-            inputs[name] = _decode_binary(name, datatype, shape, raw[index])
+            inputs[name] = _decode_binary(name, datatype, shape, raw[index], math.prod(shape))
         else:
             inputs[name] = _decode_contents(tensor, shape)
     return inputs
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> DecodedRequest:
-    """Decode a ``ModelInferRequest``; raise :class:`BadRequestError` saying what to fix."""
+def decode_infer_request(
+    request: pb.ModelInferRequest, limits: Limits = DEFAULT_LIMITS
+) -> DecodedRequest:
+    """Decode a ``ModelInferRequest``; raise :class:`BadRequestError` saying what to fix.
+
+    The REST path's limits apply: shapes, element and input counts, repeated outputs."""
     if not request.inputs:
         raise BadRequestError("no inputs given")
     outputs = [out.name for out in request.outputs] if request.outputs else None
+    if outputs is not None:
+        check_output_names(outputs)
     return DecodedRequest(
         id=request.id or None,
-        inputs=_decode_inputs(request),
+        inputs=_decode_inputs(request, limits),
         outputs=outputs,
         # The typed/raw choice of the response follows the request's (see encode).
         binary_default=bool(request.raw_input_contents),
@@ -154,6 +174,7 @@ def encode_infer_response(
     model_version: str,
     request: DecodedRequest,
     outputs: Mapping[str, np.ndarray],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> pb.ModelInferResponse:
     """The ``ModelInferResponse`` for a request's outputs.
 
@@ -164,6 +185,7 @@ def encode_infer_response(
     names = request.outputs if request.outputs is not None else list(outputs)
     types = {name: datatype_of(outputs[name]) for name in names}
     raw = request.binary_default or any(t not in CONTENTS_FIELD for t in types.values())
+    check_response_size(response_size((outputs[name], True) for name in names), limits)
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request.id or ""
     )

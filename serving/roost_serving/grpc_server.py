@@ -18,10 +18,12 @@ new RPCs are refused, those in flight get :data:`STOP_GRACE_SECONDS` to finish.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -34,6 +36,7 @@ from roost_serving.grpc_codec import (
     grpc_code_name,
     tensor_metadata,
 )
+from roost_serving.limits import ShedError, deadline_exceeded
 from roost_serving.proto import open_inference_pb2 as pb
 from roost_serving.protocol import NotReadyError, RoostError
 
@@ -102,27 +105,50 @@ class InferenceService:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        """One inference through the shared data plane, counted as ``protocol="grpc"``."""
+        """One inference through the shared data plane, counted as ``protocol="grpc"``.
+
+        The REST path's bounds apply alike: admission control (``--max-queue``: UNAVAILABLE at once,
+        as a 503), the request deadline (the smaller of ``--request-timeout`` and the client's
+        gRPC deadline: DEADLINE_EXCEEDED), shape/element/input/output limits and the response
+        size limit (INVALID_ARGUMENT).
+        """
         plane, metrics = self.plane, self.plane.metrics
         started = time.perf_counter()
-        metrics.inflight.inc()
         status = 500
+        admitted = False
         try:
+            plane.admit()
+            admitted = True
+            plane.inflight += 1
+            metrics.inflight.inc()
+            seconds = plane.limits.request_timeout_s
+            remaining = context.time_remaining()
+            if remaining is not None:
+                seconds = max(min(seconds, remaining), 0.001)
             name = request.model_name
-            decoded, outputs = await plane.run(
-                name, request.model_version or None, decode_infer_request, request
-            )
-            response = encode_infer_response(name, plane.version, decoded, outputs)
+            decode = partial(decode_infer_request, limits=plane.limits)
+            try:
+                async with asyncio.timeout(seconds):
+                    decoded, outputs = await plane.run(
+                        name, request.model_version or None, decode, request
+                    )
+            except TimeoutError:
+                raise deadline_exceeded(seconds) from None
+            response = encode_infer_response(name, plane.version, decoded, outputs, plane.limits)
             status = 200
             return response
         except RoostError as exc:
             status = exc.status_code
             message = exc.message
+            if isinstance(exc, ShedError):
+                metrics.count_shed(exc.reason)
         except Exception as exc:  # never a stack trace to the client, always a logged one
             log.exception("inference failed")
             message = f"internal error: {type(exc).__name__}"
         finally:
-            metrics.inflight.dec()
+            if admitted:
+                plane.inflight -= 1
+                metrics.inflight.dec()
             metrics.count_request(status, "grpc")
             metrics.grpc_duration.observe(time.perf_counter() - started)
         await context.abort(_status(status), message)

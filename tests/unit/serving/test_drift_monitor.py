@@ -195,6 +195,8 @@ def test_bin_counters_accumulate_beside_the_window_with_the_reference_shares() -
         0.1
     )
     assert value(reg, "roost_feature_reference_share", feature="f0", bin="missing") is None
+
+
 def test_a_large_batch_bins_exactly_as_its_rows_one_by_one() -> None:
     # Large batches are binned column-major and single rows row-major: the counts must agree,
     # edge values, NaN and infinities included.

@@ -153,7 +153,7 @@ def test_sigterm_drains_finishes_in_flight_and_exits_0(
 def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         "ROOST_MODEL": str(serving_models["forest"]),
@@ -210,7 +210,6 @@ def test_drain_under_load_fails_no_in_flight_request_and_fits_the_grace_period(
     assert exited < 6, exited  # inside the grace period the pod was given
 
 
-
 def test_grpc_port_in_use_exits_1_with_the_reason(
     serving_models: dict[str, Path], processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -257,4 +256,3 @@ def test_sigterm_turns_grpc_readiness_false_serves_the_drain_and_exits_0(
     client.close()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-
