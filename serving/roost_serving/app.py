@@ -301,6 +301,18 @@ def _decode_body(payload: tuple[bytes, int | None], limits: Limits) -> DecodedRe
     return decode_request(*payload, limits)
 
 
+async def _method_not_allowed(send: Send, method: str) -> None:
+    """405 for an infer route asked with another method, with ``Allow`` and the OIP body."""
+    body = error_body(f"method {method} is not allowed here; infer requests use POST")
+    headers = [
+        (b"content-type", _JSON),
+        (b"content-length", str(len(body)).encode()),
+        (b"allow", b"POST"),
+    ]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
     parts = path.split("/")
     # "", "v2", "models", name, "infer"  |  ..., name, "versions", v, "infer"
@@ -324,12 +336,15 @@ class InferenceFastPath:
         """Dispatch one ASGI connection scope."""
         if scope["type"] == "http" and self.plane.shutting_down:
             send = _closing(send)
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/v2/models/") and path.endswith("/infer"):
                 target = _parse_infer_path(path)
                 if target is not None:
-                    await self._infer(scope, receive, send, *target)
+                    if scope["method"] == "POST":
+                        await self._infer(scope, receive, send, *target)
+                    else:
+                        await _method_not_allowed(send, scope["method"])
                     return
         await self.app(scope, receive, send)
 
