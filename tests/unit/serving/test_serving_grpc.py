@@ -259,3 +259,43 @@ def test_checked_in_generated_code_matches_the_pinned_generator() -> None:
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(
+    ("shape", "outputs", "fragment"),
+    [
+        ([1] * 33, None, "at most 32 are allowed"),
+        ([0, 2**62], None, "exceeds the limit"),
+        ([7, 5], ["label", "label"], "requested twice"),
+    ],
+)
+def test_the_rest_limits_bound_grpc_requests_too(
+    forest: tuple[RunningServer, Any], shape: list[int], outputs: list[str] | None, fragment: str
+) -> None:
+    """Shapes numpy cannot lay out and repeated outputs are INVALID_ARGUMENT, never INTERNAL."""
+    server, _ = forest
+    request = pb.ModelInferRequest(model_name="forest", raw_input_contents=[ROWS.tobytes()])
+    request.inputs.add(name="X", datatype="FP32", shape=shape)
+    for name in outputs or []:
+        request.outputs.add(name=name)
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server, "ModelInfer", pb.ModelInferResponse)(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in error.value.details()
+    assert server.metric("roost_requests_total", code="500", **GRPC) == 0.0
+
+
+def test_a_full_queue_is_unavailable_at_once_over_grpc(
+    start_server: type[RunningServer], serving_models: dict[str, Path]
+) -> None:
+    server = _serve(start_server, serving_models["forest"], "forest", max_queue=1)
+    server.plane.inflight = 1  # one request inside already: the queue is full
+    request = pb.ModelInferRequest(model_name="forest", raw_input_contents=[ROWS.tobytes()])
+    request.inputs.add(name="X", datatype="FP32", shape=[7, 5])
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server, "ModelInfer", pb.ModelInferResponse)(request)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "--max-queue 1" in error.value.details()
+    server.plane.inflight = 0
+    labels = {"model": "forest", "revision": ""}
+    assert server.metric("roost_requests_shed_total", reason="queue_full", **labels) == 1.0
