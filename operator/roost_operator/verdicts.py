@@ -131,7 +131,7 @@ def _pp(v: float) -> str:
 
 def _interval(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "[no data yet]"
+        return f"[interval after {sq.MIN_INTERVALS} intervals]"
     return f"[{_pp(lo)[:-3]}, {_pp(hi)}]"
 
 
