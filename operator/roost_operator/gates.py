@@ -36,6 +36,7 @@ FEATURE_PSI = "roost_feature_psi"
 DRIFT_ROWS = "roost_drift_window_rows"
 FEATURE_BINS = "roost_feature_bin_total"
 FEATURE_REFERENCE = "roost_feature_reference_share"
+PREDICTION_EDGES = "roost_prediction_bin_upper"
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -231,6 +232,8 @@ class RevisionWindow:
     """Rows per feature bin in the interval (cumulative counters' increases)."""
     reference: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """The profile's share per feature bin, as the canary's pods export it."""
+    prediction_edges: Mapping[str, float] = field(default_factory=dict)
+    """Upper edge per output bin (regressors), as the revision's pods export it."""
 
     @property
     def total_requests(self) -> float:
@@ -245,6 +248,7 @@ class RevisionWindow:
             predictions=self.predictions,
             feature_bins=self.feature_bins,
             reference=self.reference,
+            prediction_edges=self.prediction_edges,
         )
 
 
@@ -266,6 +270,7 @@ def window_from_samples(
     reference = next(
         (r for g in gauges if (r := nested_sum(g, FEATURE_REFERENCE, "feature", "bin"))), {}
     )
+    edges = next((e for g in gauges if (e := sum_by(g, PREDICTION_EDGES, "bin"))), {})
     return RevisionWindow(
         requests=add_maps(sum_by(d, REQUESTS, "code") for d in deltas),
         p99_seconds=None if math.isnan(p99) else p99,
@@ -275,6 +280,7 @@ def window_from_samples(
         buckets={float(le): v for le, v in buckets.items()},
         feature_bins=feature_bins,
         reference=reference,
+        prediction_edges=edges,
     )
 
 

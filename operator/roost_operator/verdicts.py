@@ -71,6 +71,8 @@ class Counts:
     """Rows per feature and profile bin (``missing`` apart)."""
     reference: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """The profile's share per feature and bin (gauges: the latest value, not an increase)."""
+    prediction_edges: Mapping[str, float] = field(default_factory=dict)
+    """Upper edge per output bin of a regressor (gauges); empty for classifiers."""
 
     def by_class(self) -> dict[str, float]:
         """Requests per `CLASSES` entry."""
@@ -129,7 +131,7 @@ def _pp(v: float) -> str:
 
 def _interval(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "[no data yet]"
+        return f"[interval after {sq.MIN_INTERVALS} intervals]"
     return f"[{_pp(lo)[:-3]}, {_pp(hi)}]"
 
 
@@ -267,9 +269,26 @@ def _bins_gate(
     return sq.VERDICTS[int(code)], worst, state, lower, upper
 
 
+def _same_bins(canary: Counts, stable: Counts) -> bool:
+    """Whether both revisions bin predictions alike (class labels always; regressor edges)."""
+    a, b = canary.prediction_edges, stable.prediction_edges
+    if not a or not b:
+        return True
+    return a.keys() == b.keys() and all(a[k] == b[k] or math.isclose(a[k], b[k]) for k in a)
+
+
 def _divergence_gate(
     evidence: dict[str, Any], canary: Counts, stable: Counts, gate: DivergenceGate, alpha: float
 ) -> GateVerdict:
+    if not _same_bins(canary, stable):
+        # A retrained regressor's profile has other output edges: bin i of one revision is not
+        # bin i of the other, so comparing them would blame the canary for the binning. Such
+        # a gate is not judged (and cannot hold the rollout up): observe, with the reason.
+        words = (
+            "divergence: canary and stable bin predictions with different output edges "
+            "(a retrained profile); not judged"
+        )
+        return GateVerdict("divergence", "observe", "inconclusive", margin=gate.margin, words=words)
     bins = sorted(set(canary.predictions) | set(stable.predictions))
     nc, ns = sum(canary.predictions.values()), sum(stable.predictions.values())
     verdict, worst, state, lower, upper = _bins_gate(

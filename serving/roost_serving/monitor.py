@@ -25,6 +25,9 @@ Series (labels ``model``, ``revision``; see the contract in ``docs/architecture.
   the step the way the window does.
 - ``roost_feature_reference_share{feature,bin}``: the profile's share of each bin, so the
   operator judges drift without fetching the profile itself.
+- ``roost_prediction_bin_upper{bin}`` (regressors): each output bin's upper edge, so the
+  operator can tell whether canary and stable bin their predictions alike (a retrained
+  profile has other edges, and bin ``i`` of one is then not bin ``i`` of the other).
 """
 
 from __future__ import annotations
@@ -421,7 +424,7 @@ class DriftMonitor(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Compute the drift series from the current window (called on every scrape)."""
-        psi_f, ks_f, rows_f, pred_f, bins_f, ref_f = self._families()
+        psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f = self._families()
         for name, (p, k) in self.statistics().items():
             psi_f.add_metric([*self._labels, name], p)
             ks_f.add_metric([*self._labels, name], k)
@@ -435,7 +438,11 @@ class DriftMonitor(Collector):
                 bins_f.add_metric([*self._labels, name, b], float(c))
                 if b != "missing":
                     ref_f.add_metric([*self._labels, name, b], float(share[int(b)]))
-        return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f]
+        if self._pred_edges is not None:
+            uppers = [*self._pred_edges.tolist(), float("inf")]
+            for b, upper in zip(self._bins, uppers, strict=False):
+                edges_f.add_metric([*self._labels, b], upper)
+        return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f]
 
     def _families(
         self,
@@ -445,6 +452,7 @@ class DriftMonitor(Collector):
         GaugeMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
+        GaugeMetricFamily,
         GaugeMetricFamily,
     ]:
         base = ["model", "revision"]
@@ -476,6 +484,11 @@ class DriftMonitor(Collector):
                 "roost_feature_reference_share",
                 "The reference profile's share of rows in each feature bin",
                 labels=[*base, "feature", "bin"],
+            ),
+            GaugeMetricFamily(
+                "roost_prediction_bin_upper",
+                "Upper edge of each output bin of roost_predictions_total (regressors)",
+                labels=[*base, "bin"],
             ),
         )
 

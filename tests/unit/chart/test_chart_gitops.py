@@ -44,7 +44,7 @@ def test_overlay_builds(overlay: str, namespace: str, replicas: int, model: str)
     assert md["spec"]["model"]["profileUri"] == model.replace("model.onnx", "profile.json")
     # The base's credentials and gates survive the patches.
     assert md["spec"]["model"]["credentials"] == {"secretName": "roost-models-s3"}
-    assert md["spec"]["rollout"]["analysis"]["gates"]["errorRate"] == {"max": 0.02}
+    assert md["spec"]["rollout"]["analysis"]["gates"]["errorRate"] == {"margin": 0.01}
 
 
 def test_production_routes_and_autoscales() -> None:

@@ -111,6 +111,10 @@ def test_regressor_predictions_use_the_profile_bins() -> None:
     mon.observe({"X": np.zeros((6, 1), dtype=np.float32)}, {"variable": out})
     counts = {b: value(reg, "roost_predictions_total", bin=b) for b in ("0", "1", "2", "other")}
     assert counts == {"0": 2, "1": 2, "2": 1, "other": 1}
+    # The bins' upper edges, so the operator can tell a retrained profile's other binning.
+    uppers = {b: value(reg, "roost_prediction_bin_upper", bin=b) for b in ("0", "1", "2")}
+    assert uppers == {"0": 0.0, "1": 10.0, "2": float("inf")}
+    assert value(reg, "roost_prediction_bin_upper", bin="other") is None
 
 
 def test_string_class_labels_and_unknown_labels() -> None:
