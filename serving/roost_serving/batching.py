@@ -125,7 +125,12 @@ class Batcher:
         if self._closing:
             raise RoostError("the server is shutting down")
         rows = _rows(inputs) if self.enabled else -1
-        if self._idle():
+        if not 0 < rows < self._max_rows:
+            # A request that fills a batch alone (or cannot be batched) shares no run: it
+            # runs at once unless others are already waiting for theirs.
+            if self._idle(others_decoding=False):
+                return self._run_now(inputs, rows)
+        elif self._idle():
             # Requests that arrived together sit in the loop's ready queue, each about to
             # submit: one turn of the loop lets them show up (pending), so they are batched.
             self._pending += 1
@@ -140,13 +145,13 @@ class Batcher:
         self._wakeup.set()
         return await future
 
-    def _idle(self) -> bool:
-        """Nothing queued, collected, running or being decoded, and the model runs inline."""
+    def _idle(self, others_decoding: bool = True) -> bool:
+        """Nothing queued, collected or running (nor being decoded), and the model runs inline."""
         return (
             not self._queue
             and not self._busy
             and self._run_seconds < INLINE_RUN_SECONDS
-            and self._arriving() <= 0
+            and not (others_decoding and self._arriving() > 0)
         )
 
     def _run_now(self, inputs: Mapping[str, np.ndarray], rows: int) -> Tensors:
@@ -185,8 +190,8 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         batch = self._take()
-        if not batch or not self.enabled or batch[0].rows <= 0:
-            return batch
+        if not batch or not self.enabled or not 0 < batch[0].rows < self._max_rows:
+            return batch  # nothing can join it
         # Let requests that are already decoded but not yet scheduled reach the queue.
         await asyncio.sleep(0)
         deadline = time.perf_counter() + self._max_delay
