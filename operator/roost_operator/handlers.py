@@ -24,12 +24,13 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from roost_operator import planner
+from roost_operator import planner, registry
 from roost_operator.analysis import AnalysisSources, PodTarget
 from roost_operator.applier import Applier, collection_path
 from roost_operator.builders import LABEL_MD
 from roost_operator.metrics import OperatorMetrics, new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
+from roost_operator.registry_sync import RegistrySync
 from roost_operator.spec import SpecError, parse_spec
 
 GROUP, VERSION, PLURAL = "roost.dev", "v1alpha1", "modeldeployments"
@@ -59,6 +60,7 @@ class Runtime:
     applier: Applier
     sources: AnalysisSources
     metrics: OperatorMetrics
+    registry: RegistrySync
     wakers: dict[ChildIndexKey, asyncio.Event] = field(default_factory=dict)
     written: dict[ChildIndexKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     """Per ModelDeployment: (resourceVersion the status was written over, that status)."""
@@ -100,11 +102,13 @@ async def configure(
     settings.peering.standalone = True
     settings.peering.mandatory = False
     cfg = memo.get("config") or OperatorConfig()
+    applier = Applier(await asyncio.to_thread(_kube_client))
     runtime = Runtime(
         config=cfg,
-        applier=Applier(await asyncio.to_thread(_kube_client)),
+        applier=applier,
         sources=AnalysisSources(),
         metrics=OperatorMetrics(),
+        registry=RegistrySync(applier),
     )
     runtime.metrics.serve(cfg.metrics_port, cfg.bind_address)
     memo["runtime"] = runtime
@@ -122,6 +126,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.sources.close()
+        await runtime.registry.close()
         runtime.applier.api.close()  # type: ignore[no-untyped-call]
 
 
@@ -223,6 +228,10 @@ async def validate(spec: kopf.Spec, **_: Any) -> None:
     """Refuse a spec that cannot be served; the daemon reports it as Stalled/InvalidSpec."""
     try:
         parse_spec(dict(spec))
+        model = dict(spec.get("model") or {})
+        if registry.is_reference(str(model.get("uri") or "")):
+            registry.parse_reference(str(model["uri"]))
+            registry.registry_spec(model)
     except SpecError as e:
         raise kopf.PermanentError(str(e)) from e
 
@@ -285,7 +294,7 @@ async def reconcile(
     cached = runtime.written.get(key)
     if cached is not None and cached[0] == meta.get("resourceVersion"):
         status = cached[1]  # our own status write is not back from the watch yet
-    md = ModelDeploymentObject(
+    as_written = ModelDeploymentObject(
         name=name,
         namespace=namespace,
         uid=str(meta.uid),
@@ -294,11 +303,16 @@ async def reconcile(
         status=status,
         annotations=dict(meta.annotations),
     )
+    now = datetime.now(UTC)
+    # A models:/ reference is planned as the version it resolves to (roost_operator.registry).
+    prepared = await runtime.registry.prepare(as_written, now)
+    if prepared.plan is not None:
+        return await _publish(runtime, body, key, status, prepared.plan, logger)
+    md = prepared.md
     observed = _observed(md.uid, child_indexes, key)
     for route in await _http_routes(runtime, md):
         observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
     pods = list(_values(pods_index, key))
-    now = datetime.now(UTC)
     image = runtime.config.serving_image
     analysis = None
     request = planner.analysis_request(md, pods, now, image)
@@ -318,7 +332,25 @@ async def reconcile(
         runtime.metrics.observe_analysis(namespace, name, analysis)
         logger.info("analysis %s: %s", analysis.verdict, analysis.message)
     plan = planner.plan(md, observed, pods, analysis, now, image)
+    evidence = analysis.to_status() if analysis is not None else None
+    fields = meta.get("managedFields")
+    plan = await runtime.registry.finish(as_written, prepared, plan, fields, evidence, image, now)
     writes = await runtime.applier.execute(namespace, plan, observed)
+    return await _publish(runtime, body, key, status, plan, logger, writes)
+
+
+async def _publish(
+    runtime: Runtime,
+    body: kopf.Body,
+    key: ChildIndexKey,
+    status: dict[str, Any],
+    plan: planner.Plan,
+    logger: kopf.Logger,
+    writes: int = 0,
+) -> planner.Plan:
+    """Write the planned status, post its events, update the gauges."""
+    namespace, name = key
+    meta = body.metadata
     updated = await runtime.applier.patch_status(namespace, name, status, plan.status)
     if updated is not None:
         runtime.written[key] = (str(meta.get("resourceVersion")), plan.status)
@@ -378,4 +410,5 @@ async def reconcile_loop(
         ):
             runtime.written.pop(key, None)
             runtime.sources.forget(*key)
+            runtime.registry.forget(*key)
             runtime.metrics.forget(*key)

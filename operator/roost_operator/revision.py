@@ -20,7 +20,7 @@ REVISION_LENGTH = 10
 def revision_inputs(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
     """What the revision hashes, as a JSON-able dict (contract: docs/architecture.md)."""
     server = spec.server
-    return {
+    inputs: dict[str, Any] = {
         "model": {
             "uri": spec.model.uri,
             "sha256": spec.model.sha256,
@@ -40,6 +40,10 @@ def revision_inputs(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
         "resources": {"requests": dict(spec.requests), "limits": dict(spec.limits)},
         "image": image,
     }
+    if spec.model.resolved:
+        # Only registry references have it, so revisions of plain URIs keep their hash.
+        inputs["model"] = {**inputs["model"], "resolved": dict(spec.model.resolved)}
+    return inputs
 
 
 def compute_revision(spec: ModelDeploymentSpec, image: str) -> str:

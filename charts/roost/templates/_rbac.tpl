@@ -36,6 +36,13 @@ one row per rule naming the operation that needs it. */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.registryCredentials }}
+# spec.model.registry.credentials: the MLflow token or basic-auth pair, read by name (GET only;
+# the operator uses a Secret only if its roost.dev/registry annotation names the tracking URI).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- if .Values.rbac.gatewayAPI }}
 # spec.traffic.httpRoute: read, apply and prune the weighted route (no index, so no list/watch).
 - apiGroups: ["gateway.networking.k8s.io"]
