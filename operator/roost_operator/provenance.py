@@ -39,6 +39,7 @@ FACT_KEYS = (
     "resolvedAt",
 )
 PENDING, DONE = "pending", "done"
+REVISIONS_LIMIT = 12
 
 
 def manager_of(managed_fields: Sequence[Mapping[str, Any]] | None) -> str:
@@ -142,8 +143,13 @@ def annotate(
                 entry["registryWriteBack"] = PENDING
         history.append(entry)
     status["history"] = history
+    # Retired revisions stay (the audit trail of a first deployment has no history entry),
+    # oldest dropped first beyond REVISIONS_LIMIT.
     live = _live(status)
-    status["revisions"] = {r: f for r, f in revisions.items() if r in live} or None
+    retired = [r for r in revisions if r not in live]
+    for r in retired[: max(len(revisions) - REVISIONS_LIMIT, 0)]:
+        del revisions[r]
+    status["revisions"] = revisions or None
     if audit.resolution is not None:
         status["model"] = audit.resolution.to_status()
     wanted = [audit.condition] if audit.condition is not None else []
