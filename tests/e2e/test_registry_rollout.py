@@ -244,6 +244,27 @@ def test_registry_alias_drives_rollouts_and_records_verdicts(
             assert "divergence" in tags[f"{prefix}/reason"], tags
             assert alias in reg.version(v2)["aliases"]  # still the promoted version
 
+        # A reference that does not resolve is Stalled with a reason that says so.
+        ghost_path = md.path.replace("/wine", "/ghost")
+        ghost = {
+            "apiVersion": "roost.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "ghost", "namespace": namespace},
+            "spec": {
+                "model": {"uri": "models:/wine@nobody", "registry": {"trackingUri": server.url}}
+            },
+        }
+        kube_api.apply(ghost_path, ghost, manager="test-gitops")
+
+        def ghost_stalled() -> Obj | None:
+            conds = (kube_api.get(ghost_path).get("status") or {}).get("conditions") or []
+            c = next((c for c in conds if c["type"] == "Stalled"), {})
+            return c if c.get("status") == "True" else None
+
+        stalled = md.wait(ghost_stalled, "ghost Stalled")
+        assert stalled["reason"] == "ModelReferenceUnresolvable", stalled
+        assert "alias nobody not found" in stalled["message"], stalled
+
         # 4. The registry goes away: the stable revision keeps serving and status says so.
         server.stop()
         cond = md.wait(

@@ -105,3 +105,14 @@ def test_resolution_round_trips_through_status() -> None:
 def test_alias_and_tag_names_are_valid_mlflow_names() -> None:
     assert registry.stable_alias("team.a", "wine") == "roost-team-a-wine-stable"
     assert registry.tag_prefix("prod", "wine") == "roost/prod/wine"
+
+
+def test_credentials_become_auth_headers() -> None:
+    from roost_operator.registry_client import auth_headers
+
+    assert auth_headers({"token": "t0k"}) == {"Authorization": "Bearer t0k"}
+    # base64("ci:s3cret")
+    assert auth_headers({"username": "ci", "password": "s3cret"}) == {
+        "Authorization": "Basic Y2k6czNjcmV0"
+    }
+    assert auth_headers(None) == {}
