@@ -110,6 +110,7 @@ async def configure(
         metrics=OperatorMetrics(),
         registry=RegistrySync(applier),
     )
+    runtime.registry.wake = lambda namespace, name: _wake(memo, namespace, name)
     runtime.metrics.serve(cfg.metrics_port, cfg.bind_address)
     memo["runtime"] = runtime
     logger.info(

@@ -11,9 +11,11 @@ verdicts back to the registry and adds the events that carry the same facts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -69,6 +71,9 @@ class RegistrySync:
         self._session: aiohttp.ClientSession | None = None
         self._polls: dict[tuple[str, str], _Poll] = {}
         self._digests: dict[tuple[str, str, str], registry.Resolution] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[_Poll]] = {}
+        self.wake: Callable[[str, str], None] | None = None
+        """Called with (namespace, name) when a background poll has an answer."""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -77,13 +82,18 @@ class RegistrySync:
         return self._session
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Cancel running polls, close the HTTP session."""
+        for task in self._tasks.values():
+            task.cancel()
         if self._session is not None:
             await self._session.close()
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted ModelDeployment."""
         self._polls.pop((namespace, name), None)
+        task = self._tasks.pop((namespace, name), None)
+        if task is not None:
+            task.cancel()
 
     async def _client(
         self, md: ModelDeploymentObject, spec: registry.RegistrySpec
@@ -114,11 +124,35 @@ class RegistrySync:
         last: registry.Resolution | None,
         now: datetime,
     ) -> _Poll:
+        """The latest poll of the reference, starting a new one when the interval is over.
+
+        The registry call runs as a task of its own: while a version is serving, a slow or hung
+        registry never holds up the reconciliation (the canary's analysis runs on time); the
+        task wakes the ModelDeployment up when it has an answer. Without a version there is
+        nothing to do but wait for it.
+        """
         uri = str(md.spec["model"]["uri"])
         key = (md.namespace, md.name)
         cached = self._polls.get(key)
         if cached and cached.reference == uri and time.monotonic() - cached.at < spec.poll_seconds:
             return cached
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            task = asyncio.create_task(self._resolve(key, md, spec, last, now))
+            self._tasks[key] = task
+        if cached is None or cached.reference != uri or last is None:
+            return await asyncio.shield(task)
+        return task.result() if task.done() else cached
+
+    async def _resolve(
+        self,
+        key: tuple[str, str],
+        md: ModelDeploymentObject,
+        spec: registry.RegistrySpec,
+        last: registry.Resolution | None,
+        now: datetime,
+    ) -> _Poll:
+        uri = str(md.spec["model"]["uri"])
         poll = _Poll(uri, time.monotonic())
         try:
             client = await self._client(md, spec)
@@ -136,7 +170,11 @@ class RegistrySync:
             poll.unreachable = str(e)
         except ReferenceNotFoundError as e:
             poll.not_found = f"{uri} does not resolve: {e}"
+        except Exception as e:  # a task's error would otherwise be lost unseen
+            poll.unreachable = f"{type(e).__name__}: {e}"
         self._polls[key] = poll
+        if self.wake is not None:
+            self.wake(*key)
         return poll
 
     async def prepare(self, md: ModelDeploymentObject, now: datetime) -> Prepared:
