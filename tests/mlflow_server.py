@@ -30,8 +30,9 @@ def _free_port() -> int:
 class MlflowServer:
     """`mlflow server` in a subprocess; `url` is its tracking URI."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = env or {}
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,7 +56,7 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        env = {**os.environ, "MLFLOW_HOME": str(self.root)}
+        env = {**os.environ, "MLFLOW_HOME": str(self.root), **self.env}
         # A process group of its own: the server forks workers, stop() ends them all.
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

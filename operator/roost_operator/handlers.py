@@ -24,7 +24,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from roost_operator import planner, registry
+from roost_operator import planner, registry, registry_webhook
 from roost_operator.analysis import AnalysisSources, PodTarget
 from roost_operator.applier import Applier, collection_path
 from roost_operator.builders import LABEL_MD
@@ -50,6 +50,8 @@ class OperatorConfig:
     metrics_port: int = 9090
     health_port: int = 8081
     bind_address: str = "0.0.0.0"
+    registry_webhook_port: int | None = None
+    registry_webhook_secret: str | None = None
 
 
 @dataclass
@@ -111,6 +113,13 @@ async def configure(
         registry=RegistrySync(applier),
     )
     runtime.registry.wake = lambda namespace, name: _wake(memo, namespace, name)
+    if cfg.registry_webhook_port is not None:
+        memo["webhook"] = await registry_webhook.serve(
+            runtime.registry,
+            cfg.registry_webhook_port,
+            cfg.bind_address,
+            cfg.registry_webhook_secret,
+        )
     runtime.metrics.serve(cfg.metrics_port, cfg.bind_address)
     memo["runtime"] = runtime
     logger.info(
@@ -129,6 +138,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await runtime.sources.close()
         await runtime.registry.close()
         runtime.applier.api.close()  # type: ignore[no-untyped-call]
+    webhook = memo.get("webhook")
+    if webhook is not None:
+        await webhook.cleanup()
 
 
 def _wake(memo: kopf.Memo, namespace: str | None, name: str | None) -> None:

@@ -65,6 +65,15 @@ def parse_args(
         default=env.get("ROOST_OPERATOR_BIND_ADDRESS", "0.0.0.0"),
         help="address the metrics and health endpoints listen on (env ROOST_OPERATOR_BIND_ADDRESS)",
     )
+    parser.add_argument(
+        "--registry-webhook-port",
+        type=_port,
+        default=_port(env["ROOST_REGISTRY_WEBHOOK_PORT"])
+        if env.get("ROOST_REGISTRY_WEBHOOK_PORT")
+        else None,
+        help="port of POST /mlflow, MLflow's webhook (off when unset; signed with "
+        "ROOST_REGISTRY_WEBHOOK_SECRET; env ROOST_REGISTRY_WEBHOOK_PORT)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every reconciliation")
     args = parser.parse_args(argv)
     namespaces = args.namespace
@@ -77,6 +86,8 @@ def parse_args(
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         bind_address=args.bind_address,
+        registry_webhook_port=args.registry_webhook_port,
+        registry_webhook_secret=env.get("ROOST_REGISTRY_WEBHOOK_SECRET") or None,
     )
     return cfg, bool(args.verbose)
 

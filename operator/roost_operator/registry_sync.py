@@ -88,6 +88,19 @@ class RegistrySync:
         if self._session is not None:
             await self._session.close()
 
+    def refresh(self, model: str) -> int:
+        """Make every reference to `model` due for a poll now (a webhook said it changed)."""
+        keys = [
+            key
+            for key, poll in self._polls.items()
+            if poll.reference.removeprefix(registry.SCHEME).split("@")[0].split("/")[0] == model
+        ]
+        for key in keys:
+            self._polls[key].at = float("-inf")
+            if self.wake is not None:
+                self.wake(*key)
+        return len(keys)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted ModelDeployment."""
         self._polls.pop((namespace, name), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,3 +116,57 @@ def test_resolve_poll_fail_over_and_write_back(
                 await sync.close()
 
         asyncio.run(scenario())
+
+
+def test_webhook_makes_the_alias_move_visible_before_the_poll(
+    tmp_path: Path, example_models: dict[str, Path]
+) -> None:
+    from e2e.operator_fixtures import free_port
+    from roost_operator import registry_webhook
+
+    # MLflow delivers only to public https URLs unless told; loopback is all tests may target.
+    env = {
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    }
+    with MlflowServer(tmp_path / "mlflow", env) as server:
+        client = MlflowClient(server.url)
+        client.create_registered_model("wine")
+        exp = client.create_experiment("wine")
+        port = free_port()
+        # Before any alias event: the server caches the list of webhooks per event for a while.
+        client.create_webhook(
+            "roost", f"http://127.0.0.1:{port}/mlflow", ["model_version_alias.created"],
+            secret="s3cret",
+        )  # fmt: skip
+        v1 = _register(client, exp, example_models["wine-v1"])
+        client.set_registered_model_alias("wine", "champion", v1)
+
+        async def scenario() -> float:
+            sync = RegistrySync(applier=None)  # type: ignore[arg-type]
+            woken: list[tuple[str, str]] = []
+            sync.wake = lambda ns, name: woken.append((ns, name))
+            runner = await registry_webhook.serve(sync, port, "127.0.0.1", "s3cret")
+            try:
+                md = _md(server.url)
+                md = replace(md, spec={**md.spec, "model": {**md.spec["model"], "registry": {
+                    "trackingUri": server.url, "pollInterval": "1h"}}})  # fmt: skip
+                first = await sync.prepare(md, NOW)
+                assert first.resolution is not None
+                status = {"model": first.resolution.to_status()}
+                v2 = await asyncio.to_thread(_register, client, exp, example_models["wine-v2"])
+                moved = time.monotonic()
+                await asyncio.to_thread(client.set_registered_model_alias, "wine", "champion", v2)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    got = await sync.prepare(replace(md, status=status), NOW)
+                    if got.resolution is not None and got.resolution.version == v2:
+                        return time.monotonic() - moved
+                    await asyncio.sleep(0.2)
+                raise AssertionError(f"the webhook never led to version {v2}; woken {woken}")
+            finally:
+                await runner.cleanup()
+                await sync.close()
+
+        took = asyncio.run(scenario())
+        print(f"webhook: alias move seen by the operator after {took:.2f} s (poll interval 1h)")

@@ -116,3 +116,21 @@ def test_credentials_become_auth_headers() -> None:
         "Authorization": "Basic Y2k6czNjcmV0"
     }
     assert auth_headers(None) == {}
+
+
+def test_webhook_signature_matches_mlflows_own() -> None:
+    import time
+
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+    from roost_operator.registry_webhook import model_of, signature_ok
+
+    body = '{"entity": "model_version_alias", "action": "created", "data": {"name": "wine"}}'
+    now = time.time()
+    ts = str(int(now))
+    sig = _generate_hmac_signature("s3cret", "d1", ts, body)
+    assert signature_ok("s3cret", "d1", ts, body.encode(), sig, now)
+    assert not signature_ok("other", "d1", ts, body.encode(), sig, now)
+    assert not signature_ok("s3cret", "d2", ts, body.encode(), sig, now)
+    assert not signature_ok("s3cret", "d1", ts, body.encode(), sig, now + 3600)  # replayed later
+    assert model_of({"entity": "model_version_alias", "data": {"name": "wine"}}) == "wine"
+    assert model_of({"entity": "prompt_alias", "data": {"name": "p"}}) is None
