@@ -23,12 +23,14 @@ import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from roost_operator import registry_webhook
 from roost_operator.analysis import AnalysisSources
 from roost_operator.api import GROUP, LABEL_MD, PLURAL, VERSION
 from roost_operator.applier import Applier
 from roost_operator.continuity import Continuity
 from roost_operator.metrics import OperatorMetrics
 from roost_operator.reconciler import reconcile
+from roost_operator.registry_sync import RegistrySync
 
 RESYNC_SECONDS = 300.0
 # Pod and Deployment events come in bursts (a rollout touches several at once): one
@@ -49,6 +51,8 @@ class OperatorConfig:
     metrics_port: int = 9090
     health_port: int = 8081
     bind_address: str = "0.0.0.0"
+    registry_webhook_port: int | None = None
+    registry_webhook_secret: str | None = None
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Runtime:
     applier: Applier
     sources: AnalysisSources
     metrics: OperatorMetrics
+    registry: RegistrySync
     wakers: dict[ChildIndexKey, asyncio.Event] = field(default_factory=dict)
     written: dict[ChildIndexKey, tuple[str, dict[str, Any], str]] = field(default_factory=dict)
     """Per ModelDeployment: (resourceVersion the status was written over, that status, the
@@ -103,12 +108,22 @@ async def configure(
     settings.peering.standalone = True
     settings.peering.mandatory = False
     cfg = memo.get("config") or OperatorConfig()
+    applier = Applier(await asyncio.to_thread(_kube_client))
     runtime = Runtime(
         config=cfg,
-        applier=Applier(await asyncio.to_thread(_kube_client)),
+        applier=applier,
         sources=AnalysisSources(),
         metrics=OperatorMetrics(),
+        registry=RegistrySync(applier),
     )
+    runtime.registry.wake = lambda namespace, name: _wake(memo, namespace, name)
+    if cfg.registry_webhook_port is not None:
+        memo["webhook"] = await registry_webhook.serve(
+            runtime.registry,
+            cfg.registry_webhook_port,
+            cfg.bind_address,
+            cfg.registry_webhook_secret,
+        )
     runtime.metrics.serve(cfg.metrics_port, cfg.bind_address)
     memo["runtime"] = runtime
     runtime.metrics.ready.set()
@@ -126,7 +141,11 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.sources.close()
+        await runtime.registry.close()
         runtime.applier.api.close()  # type: ignore[no-untyped-call]
+    webhook = memo.get("webhook")
+    if webhook is not None:
+        await webhook.cleanup()
 
 
 def _wake(memo: kopf.Memo, namespace: str | None, name: str | None) -> None:
@@ -257,4 +276,5 @@ async def reconcile_loop(
             runtime.written.pop(key, None)
             runtime.continuity.forget(key)
             runtime.sources.forget(*key)
+            runtime.registry.forget(*key)
             runtime.metrics.forget(*key)

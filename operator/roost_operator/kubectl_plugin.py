@@ -164,9 +164,27 @@ def _duration(start: str | None, end: str | None) -> str | None:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _provenance_rows(md: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """History entries, plus revisions no rollout brought (the first one): oldest first."""
+    history = list(_get(md, "status", "history") or [])
+    canary = (_get(md, "status", "canary") or {}).get("revision")
+    seen = {h.get("revision") for h in history} | {canary}
+    for rev, facts in (_get(md, "status", "revisions") or {}).items():
+        if rev not in seen:
+            first = {"revision": rev, "outcome": "Deployed", "reason": "first revision"}
+            history.append({**facts, **first, "startedAt": facts.get("resolvedAt") or ""})
+    return sorted(history, key=lambda h: str(h.get("startedAt") or ""))
+
+
 def render_history(md: Mapping[str, Any]) -> str:
-    """`status.history` as a table, oldest first."""
+    """`status.history` as a table, oldest first; with the audit facts when roost recorded them.
+
+    Those are the model reference, the registry version and run id, the model's sha256 and the
+    field manager that changed the spec (kubectl, argocd-controller, helm, flux...).
+    """
     history = _get(md, "status", "history") or []
+    if any(h.get("manager") for h in history) or _get(md, "status", "revisions"):
+        return _audit_table(_provenance_rows(md))
     if not history:
         return "No rollouts recorded yet."
     return table(
@@ -182,6 +200,38 @@ def render_history(md: Mapping[str, Any]) -> str:
                 h.get("reason") or "",
             ]
             for h in history
+        ],
+    )
+
+
+def _audit_table(rows: list[dict[str, Any]]) -> str:
+    return table(
+        [
+            "REVISION",
+            "OUTCOME",
+            "FINISHED",
+            "TOOK",
+            "MODEL",
+            "VERSION",
+            "RUN",
+            "SHA256",
+            "MANAGER",
+            "REASON",
+        ],
+        [
+            [
+                h.get("revision"),
+                h.get("outcome"),
+                h.get("finishedAt") or "-",
+                _duration(h.get("startedAt"), h.get("finishedAt")) if h.get("finishedAt") else "-",
+                h.get("reference") or h.get("modelUri"),
+                h.get("version") or "-",
+                str(h.get("runId") or "-")[:12],
+                str(h.get("modelSha256") or "-")[:12],
+                h.get("manager") or "-",
+                h.get("reason") or "",
+            ]
+            for h in rows
         ],
     )
 

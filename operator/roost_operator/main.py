@@ -127,6 +127,15 @@ def parse_all(
         default=env.get("ROOST_OPERATOR_BIND_ADDRESS", "0.0.0.0"),
         help="address the metrics and health endpoints listen on (env ROOST_OPERATOR_BIND_ADDRESS)",
     )
+    parser.add_argument(
+        "--registry-webhook-port",
+        type=_port,
+        default=_port(env["ROOST_REGISTRY_WEBHOOK_PORT"])
+        if env.get("ROOST_REGISTRY_WEBHOOK_PORT")
+        else None,
+        help="port of POST /mlflow, MLflow's webhook (off when unset; signed with "
+        "ROOST_REGISTRY_WEBHOOK_SECRET; env ROOST_REGISTRY_WEBHOOK_PORT)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every reconciliation")
     _add_election_flags(parser, env)
     args = parser.parse_args(argv)
@@ -140,6 +149,8 @@ def parse_all(
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         bind_address=args.bind_address,
+        registry_webhook_port=args.registry_webhook_port,
+        registry_webhook_secret=env.get("ROOST_REGISTRY_WEBHOOK_SECRET") or None,
     )
     election = None
     if args.leader_elect:

@@ -19,6 +19,7 @@ from roost_operator.applier import MD_PATH, collection_path
 from roost_operator.gates import AnalysisResult
 from roost_operator.metrics import new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
+from roost_operator.registry_sync import Prepared
 
 if TYPE_CHECKING:  # handlers imports this module: the type only, no import cycle at run time
     from roost_operator.handlers import Runtime
@@ -126,16 +127,22 @@ async def reconcile(
     analysis: AnalysisResult | None = None
     analysed_over: Any = None
     for attempt in range(CONFLICT_RETRIES + 1):
-        md = _md_object(obj, status)
-        if attempt == 0:
-            analysis = await _analyse(runtime, md, list(_values(pods_index, key)), logger)
-            analysed_over = _last_analysis(status)
-        elif analysis is not None and _last_analysis(status) != analysed_over:
-            logger.info("a newer analysis is in status already; this one is dropped")
-            analysis = None
+        as_written = _md_object(obj, status)
+        # A models:/ reference is planned as the version it resolves to (roost_operator.registry).
+        prepared = await runtime.registry.prepare(as_written, datetime.now(UTC))
         try:
+            if prepared.plan is not None:  # nothing resolved (yet): the status says why
+                return await _publish(runtime, body, as_written, resource_version, prepared.plan)
+            md = prepared.md
+            if attempt == 0:
+                analysis = await _analyse(runtime, md, list(_values(pods_index, key)), logger)
+                analysed_over = _last_analysis(status)
+            elif analysis is not None and _last_analysis(status) != analysed_over:
+                logger.info("a newer analysis is in status already; this one is dropped")
+                analysis = None
             return await _plan_and_apply(
-                runtime, body, md, resource_version, analysis, pods_index, child_indexes, logger
+                runtime, body, as_written, prepared, resource_version, analysis, pods_index,
+                child_indexes, logger,
             )
         except ApiException as e:
             if e.status != 409 or attempt == CONFLICT_RETRIES:
@@ -182,22 +189,41 @@ async def _analyse(
 async def _plan_and_apply(
     runtime: Runtime,
     body: kopf.Body,
-    md: ModelDeploymentObject,
+    as_written: ModelDeploymentObject,
+    prepared: Prepared,
     resource_version: str,
     analysis: AnalysisResult | None,
     pods_index: kopf.Index[ChildIndexKey, dict[str, Any]],
     child_indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]],
     logger: kopf.Logger,
 ) -> planner.Plan:
+    md = prepared.md
     key = (md.namespace, md.name)
     observed = _observed(md.uid, child_indexes, key)
     for route in await _http_routes(runtime, md):
         observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
     pods = list(_values(pods_index, key))
-    plan = planner.plan(
-        md, observed, pods, analysis, datetime.now(UTC), runtime.config.serving_image
-    )
+    now, image = datetime.now(UTC), runtime.config.serving_image
+    plan = planner.plan(md, observed, pods, analysis, now, image)
+    evidence = analysis.to_status() if analysis is not None else None
+    fields = body.metadata.get("managedFields")
+    # Audit facts in status, verdicts written back to the registry, audit events.
+    plan = await runtime.registry.finish(as_written, prepared, plan, fields, evidence, image, now)
     writes = await runtime.applier.execute(md.namespace, plan, observed)
+    if writes:
+        logger.debug("reconciled with %d child writes", writes)
+    return await _publish(runtime, body, as_written, resource_version, plan)
+
+
+async def _publish(
+    runtime: Runtime,
+    body: kopf.Body,
+    md: ModelDeploymentObject,
+    resource_version: str,
+    plan: planner.Plan,
+) -> planner.Plan:
+    """Write the planned status (guarded by `resource_version`), post events, set gauges."""
+    key = (md.namespace, md.name)
     updated = await runtime.applier.patch_status(
         md.namespace, md.name, md.status, plan.status, resource_version=resource_version
     )
@@ -205,8 +231,6 @@ async def _plan_and_apply(
         new_version = str(updated["metadata"]["resourceVersion"])
         runtime.written[key] = (str(body.metadata.get("resourceVersion")), plan.status, new_version)
         runtime.metrics.observe_outcomes(new_outcomes(md.status, plan.status))
-    if writes or updated is not None:
-        logger.debug("reconciled with %d child writes, status %s", writes, bool(updated))
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     runtime.metrics.observe_status(md.namespace, md.name, plan.status)

@@ -33,12 +33,17 @@ def pod_template(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
 
 
 def compute_revision(spec: ModelDeploymentSpec, image: str) -> str:
-    """First 10 hex characters of sha256 over the canonical JSON of `pod_template`.
+    """First 10 hex characters of sha256 over the canonical JSON of `pod_template` (with the
+    registry version facts of a `models:/` reference).
 
     `image` is the resolved image (`spec.server.image` or the operator's default), so a new
     default serving image rolls out like any other change.
     """
-    canonical = json.dumps(
-        pod_template(spec, image), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
+    hashed: dict[str, Any] = pod_template(spec, image)
+    if spec.model.resolved:
+        # A registry reference: the resolved version, run id and digest are part of what a
+        # revision is, even where the pod template would not show them. Only registry
+        # references have them, so revisions of plain URIs keep their hash.
+        hashed = {"template": hashed, "resolved": dict(spec.model.resolved)}
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]

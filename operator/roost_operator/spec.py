@@ -101,6 +101,8 @@ class ModelSpec:
     sha256: str | None = None
     profile_uri: str | None = None
     credentials_secret: str | None = None
+    resolved: tuple[tuple[str, str], ...] = ()
+    """Registry version facts (`model.resolved`, set by the operator for `models:/` references)."""
 
 
 @dataclass(frozen=True)
@@ -235,11 +237,15 @@ def _model(raw: Mapping[str, Any]) -> ModelSpec:
         raise SpecError("spec.model.sha256 must be 64 lowercase hexadecimal characters")
     profile = raw.get("profileUri")
     secret = (raw.get("credentials") or {}).get("secretName")
+    resolved = raw.get("resolved") or {}
+    uri = str(raw["uri"])
     return ModelSpec(
-        uri=_uri(raw["uri"], "spec.model.uri"),
+        # A registry reference is resolved (roost_operator.registry) before anything builds pods.
+        uri=uri if uri.startswith("models:/") else _uri(uri, "spec.model.uri"),
         sha256=str(sha) if sha else None,
         profile_uri=_uri(profile, "spec.model.profileUri") if profile else None,
         credentials_secret=str(secret) if secret else None,
+        resolved=tuple(sorted((str(k), str(v)) for k, v in dict(resolved).items())),
     )
 
 

@@ -37,6 +37,13 @@ one row per rule naming the operation that needs it. */}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.registryCredentials }}
+# spec.model.registry.credentials: the MLflow token or basic-auth pair, read by name (GET only;
+# the operator uses a Secret only if its roost.dev/registry annotation names the tracking URI).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- if .Values.rbac.gatewayAPI }}
 # spec.traffic.httpRoute / grpcRoute: read, apply and prune the weighted routes (no index, so
 # no list/watch).

@@ -72,6 +72,12 @@ def test_rbac_has_no_wildcards(render: Render, sets: list[str]) -> None:
         assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
 
 
+def test_registry_credentials_grant_only_get_on_secrets(render: Render) -> None:
+    rules = _rules(render("rbac.registryCredentials=true"))
+    secrets = [r for r in rules if "secrets" in r["resources"]]
+    assert [(r["resources"], r["verbs"]) for r in secrets] == [(["secrets"], ["get"])]
+
+
 def test_rbac_never_touches_secrets_or_cluster_objects(render: Render) -> None:
     granted = {res for rule in _rules(render(*ALL_OPTIONAL)) for res in rule["resources"]}
     assert not granted & {"secrets", "configmaps", "namespaces", "nodes", "roles", "rolebindings"}
