@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from roost_devcluster.net import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MlflowServer:
@@ -33,7 +28,7 @@ class MlflowServer:
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.env = env or {}
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 

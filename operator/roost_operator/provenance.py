@@ -23,8 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from roost_operator import conditions
-from roost_operator.planner import ModelDeploymentObject, Plan, PlannedEvent
+from roost_operator.planner import ModelDeploymentObject, Plan
 from roost_operator.registry import Resolution, stable_alias, tag_prefix
+from roost_operator.rollout import Event
 
 RESOLVED = "ModelResolved"
 """The condition that says how the registry reference was resolved (absent for plain URIs)."""
@@ -201,7 +202,7 @@ def describe(entry: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def audit_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[PlannedEvent]:
+def audit_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Event]:
     """Events with the audit facts: a newly resolved version, and each new verdict."""
     events = []
     old_model, new_model = before.get("model") or {}, after.get("model") or {}
@@ -210,13 +211,13 @@ def audit_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Pl
         new_model.get("reference"),
     ):
         line = describe({**new_model, "modelSha256": new_model.get("sha256"), "manager": "-"})
-        events.append(PlannedEvent("Normal", "ModelResolved", line.rsplit(", spec by", 1)[0]))
+        events.append(Event("Normal", "ModelResolved", line.rsplit(", spec by", 1)[0]))
     old = {_key(h) for h in before.get("history") or []}
     for h in after.get("history") or []:
         if _key(h) not in old:
             kind: Any = "Normal" if h.get("outcome") == "Promoted" else "Warning"
             text = f"{h.get('outcome')} {h.get('revision')}: {describe(h)}; {h.get('reason') or ''}"
-            events.append(PlannedEvent(kind, "RolloutAudited", text))
+            events.append(Event(kind, "RolloutAudited", text))
     return events
 
 
@@ -314,7 +315,7 @@ def unresolved_plan(
     status["observedGeneration"] = md.generation
     status["conditions"] = conditions.merge(previous, [*wanted, cond], md.generation, now)
     old = conditions.find(previous, RESOLVED)
-    events: tuple[PlannedEvent, ...] = ()
+    events: tuple[Event, ...] = ()
     if old is None or old.get("reason") != reason or old.get("message") != message:
-        events = (PlannedEvent("Warning", reason, message),)
+        events = (Event("Warning", reason, message),)
     return Plan(status=status, events=events, requeue_after=requeue)

@@ -141,8 +141,15 @@ async def reconcile(
                 logger.info("a newer analysis is in status already; this one is dropped")
                 analysis = None
             return await _plan_and_apply(
-                runtime, body, as_written, prepared, resource_version, analysis, pods_index,
-                child_indexes, logger,
+                runtime,
+                body,
+                as_written,
+                prepared,
+                resource_version,
+                analysis,
+                pods_index,
+                child_indexes,
+                logger,
             )
         except ApiException as e:
             if e.status != 409 or attempt == CONFLICT_RETRIES:

@@ -26,8 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from roost_operator import provenance, registry
 from roost_operator.applier import Applier
 from roost_operator.conditions import Condition
-from roost_operator.gates import rfc3339
-from roost_operator.planner import ModelDeploymentObject, Plan, PlannedEvent
+from roost_operator.planner import ModelDeploymentObject, Plan
 from roost_operator.registry_client import (
     MlflowRegistry,
     ReferenceNotFoundError,
@@ -35,7 +34,9 @@ from roost_operator.registry_client import (
     auth_headers,
 )
 from roost_operator.revision import compute_revision
+from roost_operator.rollout import Event
 from roost_operator.spec import SpecError, parse_spec
+from roost_operator.times import rfc3339_seconds
 
 SECRET_ANNOTATION = "roost.dev/registry"
 UNRESOLVABLE = "ModelReferenceUnresolvable"
@@ -169,7 +170,7 @@ class RegistrySync:
         poll = _Poll(uri, time.monotonic())
         try:
             client = await self._client(md, spec)
-            res = await client.resolve(registry.parse_reference(uri), rfc3339(now))
+            res = await client.resolve(registry.parse_reference(uri), rfc3339_seconds(now))
             known = self._digests.get((spec.tracking_uri, res.name, res.version))
             if known is not None and known.model_uri == res.model_uri:
                 res = replace(res, sha256=known.sha256, profile_sha256=known.profile_sha256)
@@ -261,7 +262,7 @@ class RegistrySync:
         return replace(plan, status=status, events=tuple(events), requeue_after=requeue)
 
     async def _write_back(
-        self, md: ModelDeploymentObject, status: dict[str, Any], events: list[PlannedEvent]
+        self, md: ModelDeploymentObject, status: dict[str, Any], events: list[Event]
     ) -> dict[str, Any]:
         spec = registry.registry_spec(md.spec.get("model") or {})
         pending = provenance.write_backs(status, md.namespace, md.name)
@@ -278,7 +279,7 @@ class RegistrySync:
                 done.append(wb.index)
                 where = f" and moved alias {wb.alias}" if wb.alias else ""
                 events.append(
-                    PlannedEvent(
+                    Event(
                         "Normal",
                         "RegistryUpdated",
                         f"tagged {wb.model} version {wb.version} {_outcome(md, wb)}{where}",

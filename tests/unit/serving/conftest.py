@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
+from roost_devcluster.net import free_port
 from roost_serving.app import DataPlane, create_app
 from roost_serving.cli import server_config
 from roost_serving.config import Settings
@@ -159,13 +160,6 @@ def forest_server(serving_models: dict[str, Path]) -> Iterator[RunningServer]:
     server = RunningServer(Settings(model=str(serving_models["forest"]), name="forest"))
     yield server
     server.stop()
-
-
-def free_port() -> int:
-    """An unused loopback port (the server binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServeProcess:
