@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from roost_operator import conditions, provenance
 from roost_operator.planner import ModelDeploymentObject
 from roost_operator.registry import Resolution
-from roost_operator.revision import compute_revision, revision_inputs
+from roost_operator.revision import compute_revision, pod_template
 from roost_operator.spec import parse_spec
 
 NOW = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
@@ -69,7 +71,14 @@ def test_resolved_spec_serves_the_version_and_its_revision_follows_the_version()
     assert rev3 != rev4
     # Plain URIs keep the hash they had before registry support existed.
     plain = parse_spec({"model": {"uri": "file:///m/model.onnx"}})
-    assert "resolved" not in revision_inputs(plain, "img")["model"]
+    assert (
+        compute_revision(plain, "img")
+        == hashlib.sha256(
+            json.dumps(
+                pod_template(plain, "img"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+            ).encode()
+        ).hexdigest()[:10]
+    )
 
 
 def _audit(revision: str, evidence: dict[str, Any] | None = None) -> provenance.Audit:

@@ -10,7 +10,7 @@ from roost_operator.verdicts import Counts, code_class, judge_interval
 
 def _spec(gates: dict[str, object]) -> AnalysisSpec:
     raw = {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": {"gates": gates}}}
-    return parse_spec(raw).analysis
+    return parse_spec(raw).rollout.analysis
 
 
 def _regressor(edges: list[float], shares: list[int]) -> Counts:
