@@ -62,3 +62,12 @@ def test_frozen_stops_and_continues_the_process(tmp_path: Path) -> None:
         assert _state_becomes(proc.pid, "SR")
     finally:
         procs.stop([proc], grace=1)
+
+
+def test_cli_reports_a_missing_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from roost_devcluster import cli
+
+    assert cli.main(["--state-dir", str(tmp_path), "restart", "kube-apiserver"]) == 1
+    assert "no dev cluster recorded" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--state-dir", str(tmp_path), "freeze", "kubelet", "--seconds", "1"])
