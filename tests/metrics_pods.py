@@ -61,7 +61,7 @@ class ServingPod:
             registry=self.registry,
         )
         # Series exist from the start at zero, as once the server has answered its first request.
-        for code in ("200", "500"):
+        for code in ("200", "400", "500"):
             self.requests.labels(self.model, self.revision, code)
         self.latency.labels(self.model, self.revision)
         for b in ("0", "1"):

@@ -109,6 +109,16 @@ REJECTED = [
         id="same-grpc-port",
     ),
     pytest.param(
+        _manifest(rollout={"analysis": {"progressDeadline": "ten minutes"}}),
+        "spec.rollout.analysis.progressDeadline must be a duration such as 10m",
+        id="bad-progress-deadline",
+    ),
+    pytest.param(
+        _manifest(rollout={"analysis": {"gates": {"errorRate": {"mode": "observe"}}}}),
+        "spec.rollout.analysis.gates.errorRate needs margin",
+        id="error-gate-without-margin",
+    ),
+    pytest.param(
         _manifest(name="m" * 53),
         "metadata.name must be at most 52 characters",
         id="long-name",
@@ -161,7 +171,10 @@ def test_good_manifest_is_accepted_with_defaults(kube: client.ApiClient, namespa
         "interval": "10s",
         "minRequests": 50,
         "failureLimit": 2,
-        "gates": {"errorRate": {"max": 0.05}},
+        "alpha": 0.05,
+        "progressDeadline": "10m",
+        "onInconclusive": "rollback",
+        "gates": {"errorRate": {"max": 0.05, "mode": "enforce"}},
     }
     assert spec["resources"]["limits"] == {"cpu": 1}
 
@@ -171,7 +184,15 @@ def test_minimal_manifest_gets_every_default(kube: client.ApiClient, namespace: 
     spec = _create(kube, namespace, _manifest())["spec"]
     assert spec["server"]["port"] == 8080
     assert spec["rollout"] == {
-        "analysis": {"source": "pods", "interval": "10s", "minRequests": 50, "failureLimit": 2}
+        "analysis": {
+            "source": "pods",
+            "interval": "10s",
+            "minRequests": 50,
+            "failureLimit": 2,
+            "alpha": 0.05,
+            "progressDeadline": "10m",
+            "onInconclusive": "rollback",
+        }
     }
 
 
@@ -225,5 +246,6 @@ def test_readme_example_is_accepted(kube: client.ApiClient, namespace: str) -> N
     assert "uri: s3://models/wine/v2/model.onnx" in readme
     created = _create(kube, namespace, body)
     gates = created["spec"]["rollout"]["analysis"]["gates"]
-    assert gates["drift"] == {"maxPSI": 0.2, "minRows": 200}
+    assert gates["drift"] == {"margin": 0.1, "mode": "enforce"}
+    assert created["spec"]["rollout"]["analysis"]["alpha"] == 0.01
     assert created["spec"]["server"]["port"] == 8080
