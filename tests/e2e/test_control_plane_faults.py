@@ -49,7 +49,9 @@ from roost_devcluster.waiting import list_pods
 pytestmark = pytest.mark.e2e
 
 Obj = dict[str, Any]
-GATES: Obj = {"errorRate": {"max": 0.05}, "divergence": {"maxJSDistance": 0.3}}
+# Sequential gates (docs/analysis.md): wine-v2 differs from v1 by a few points of prediction
+# share, so the divergence margin is 10 points, as in test_canary_scenarios.
+GATES: Obj = {"errorRate": {"margin": 0.05}, "divergence": {"margin": 0.1}}
 STEP = [{"weight": 50, "pause": "20s"}]
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/roost-operator"
 
