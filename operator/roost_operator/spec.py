@@ -26,6 +26,7 @@ from roost_operator.gatespec import (
     OnInconclusive,
     parse_gates,
 )
+from roost_operator.validationspec import ValidationSpec, ValidationSpecError, parse_validation
 
 # Names the operator sets itself; a user value would silently break the pod (a wrong host,
 # a model the revision hash does not know about), so they are refused with a hint.
@@ -57,6 +58,7 @@ __all__ = [
     "ModelDeploymentSpec",
     "OnInconclusive",
     "SpecError",
+    "ValidationSpec",
     "parse_duration",
     "parse_spec",
 ]
@@ -162,6 +164,8 @@ class RolloutPolicy:
 
     steps: tuple[Step, ...] = ()
     analysis: AnalysisSpec = AnalysisSpec()
+    validation: ValidationSpec | None = None
+    """`spec.rollout.validation`: checks before any traffic (None: the canary is not held)."""
 
     @property
     def interval_seconds(self) -> float:
@@ -367,6 +371,13 @@ def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
     )
 
 
+def _validation(raw: Any) -> ValidationSpec | None:
+    try:
+        return parse_validation(raw)
+    except ValidationSpecError as e:
+        raise SpecError(str(e)) from None
+
+
 def _http_route(raw: Mapping[str, Any] | None, key: str = "httpRoute") -> HTTPRouteSpec | None:
     route = (raw or {}).get(key)
     if not route:
@@ -406,6 +417,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         rollout=RolloutPolicy(
             steps=_steps(rollout.get("steps")),
             analysis=_analysis(rollout.get("analysis") or {}),
+            validation=_validation(rollout.get("validation")),
         ),
         http_route=_http_route(raw.get("traffic")),
         grpc_route=_http_route(raw.get("traffic"), "grpcRoute"),
