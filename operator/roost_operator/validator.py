@@ -113,6 +113,8 @@ async def _answer(
         headers={**SOURCE_HEADERS, "Content-Type": "application/json"},
     )
     seconds = time.perf_counter() - started
+    if response.status_code >= 500:  # overloaded or starting: not the model's fault (yet)
+        raise httpx.HTTPError(f"{pod.name} answered {response.status_code}")
     if response.status_code != 200:
         error = response.json().get("error", "") if response.content else ""
         raise ValueError(f"{pod.name} answered {response.status_code} to sample rows: {error}")
@@ -233,8 +235,10 @@ async def _compare(
     name = request.model_name
     try:
         stable, _ = await _answers(client, request.stable_pods[0], name, tensor, rows)
-    except (httpx.HTTPError, ValueError) as e:
+    except httpx.HTTPError as e:
         raise _UnansweredError("stable", f"did not answer the sample rows: {e}") from None
+    except ValueError as e:  # the rows do not fit the stable model: the sample is wrong
+        return _outcome("failed", f"{origin} does not fit the stable model: the pod {e}")
     latencies: list[float] = []
     candidate: dict[str, np.ndarray] = {}
     for pod in request.canary_pods:  # every canary pod: each one is warmed up
