@@ -207,7 +207,8 @@ def _paused(t: _Tick, state: RolloutState) -> Decision:
         message = f"{at_step(t.policy, c)}: {c.promotion}; paused before promotion"
         return t.decision(state, _growing(t, c), ("Paused", message))
     if c is not None:
-        ready = canary_ready(t.policy, state, t.obs)
+        # A canary still to be validated takes no traffic, paused or not.
+        ready = canary_ready(t.policy, state, t.obs) and not validation_pending(t.policy, c)
         message = f"{at_step(t.policy, c)}: paused (spec.paused is true)"
         return t.decision(state, t.replicas(c, ready), ("Paused", message))
     if desired.revision not in (stable.revision, state.failed_revision):

@@ -136,3 +136,11 @@ class TestPlanner:
         )
         assert after.traffic == (f"wine-{canary}-3",)
         assert after.status["canary"]["validation"] == PASSED
+
+
+def test_a_paused_canary_awaiting_validation_gets_no_route_weight() -> None:
+    r = Rollout(VALIDATED)
+    r.tick(0)
+    d = r.tick(1, canary_ready=1, paused=True)
+    assert (d.canary_replicas, d.weight) == (1, 0)
+    assert not traffic_allowed(VALIDATED, r.canary)
