@@ -162,6 +162,18 @@ def test_grpc_validation_source_is_labelled(forest: RunningServer) -> None:
     assert forest.metric("roost_requests_total", code="200", source="client", **base) == 0.0
 
 
+def test_generated_ids_are_uuid4_hex() -> None:
+    import uuid
+
+    from roost_serving.requestid import new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in list(ids)[:200]:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)
+
+
 def test_resolve_and_problem() -> None:
     assert resolve("a", "b") == "a"
     assert resolve(None, "b") == "b"
