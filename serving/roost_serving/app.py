@@ -40,6 +40,7 @@ from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
+from roost_serving.inference_log import InferenceLog, open_log
 from roost_serving.limits import (
     Limits,
     queue_full,
@@ -104,6 +105,10 @@ class DataPlane:
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
         self.grpc_port: int | None = None
         """The bound gRPC port once the gRPC server listens."""
+        self.inference_log: InferenceLog | None = None
+        """The inference log (``--log-uri``) once the model is loaded; feedback appends here."""
+        self.shutdown_started: float | None = None
+        """``time.monotonic()`` of the termination signal: the grace period counts from it."""
         self._arriving = 0
         # One thread: big requests are decoded in parallel with the model run, at most one
         # competes with the event loop for the GIL, and one large decoded body is built at once.
@@ -117,6 +122,9 @@ class DataPlane:
     def begin_shutdown(self) -> None:
         """Turn readiness false; requests still in flight (or arriving) are served."""
         self.shutting_down = True
+        self.shutdown_started = time.monotonic()
+        if self.inference_log is not None:
+            self.inference_log.flush_soon()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -136,7 +144,22 @@ class DataPlane:
                 # queued has nobody waiting, so the grace period is not spent on it.
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.batcher.stop(), 1.0)
+            await asyncio.to_thread(self.close_log)
             self._codec.shutdown(wait=False, cancel_futures=True)
+
+    def close_log(self) -> None:
+        """Flush and close the inference log within the shutdown deadline (idempotent)."""
+        if self.inference_log is not None:
+            self.inference_log.close(self._log_deadline())
+
+    def _log_deadline(self) -> float:
+        """Seconds the inference log may take to flush: up to 1 s before the grace period's
+        end (the watchdog exits at 0.5 s before it), counted from the termination signal."""
+        started = self.shutdown_started
+        if started is None:  # stopped without a signal (tests, a fatal load error)
+            return 5.0
+        left = started + self.settings.grace_seconds - 1.0 - time.monotonic()
+        return max(left, 0.1)
 
     async def _load(self) -> None:
         settings = self.settings
@@ -159,6 +182,12 @@ class DataPlane:
         except RoostError as exc:
             self.fail(exc.message)
             return
+        if settings.log_uri is not None:
+            try:
+                self.inference_log = open_log(settings, self.registry, model.inputs, profile)
+            except ValueError as exc:
+                self.fail(f"cannot open the inference log: {exc}")
+                return
         monitor = DriftMonitor(
             profile, self.registry, settings.name, settings.revision, settings.drift_window
         )
@@ -242,13 +271,46 @@ class DataPlane:
         decode: Callable[[Payload], DecodedRequest],
         payload: Payload,
         offload: bool = False,
+        protocol: str = "rest",
     ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
         """Decode, check and run one request of either protocol; returns it and its outputs.
 
         ``decode(payload)`` is the protocol's codec (REST body or gRPC message); the checks
         against the model and everything after them are shared. ``offload`` decodes on the
         codec thread (large bodies), so the event loop keeps answering probes meanwhile.
+        A sampled request is recorded in the inference log, answered or refused.
         """
+        inference_log = self.inference_log
+        if inference_log is None or not inference_log.sampled():
+            return await self._run(name, version, decode, payload, offload)
+        started = time.perf_counter()
+        held: list[DecodedRequest] = []
+        try:
+            request, outputs = await self._run(name, version, decode, payload, offload, held)
+        except BaseException as exc:
+            # Refused requests are logged too (status and reason); cancellation is the
+            # request deadline, answered 504.
+            status = exc.status_code if isinstance(exc, RoostError) else 504
+            if held and isinstance(exc, RoostError | asyncio.CancelledError):
+                message = exc.message if isinstance(exc, RoostError) else "deadline exceeded"
+                latency = time.perf_counter() - started
+                inference_log.record(
+                    held[0].id, held[0].inputs, None, status, latency, protocol, message
+                )
+            raise
+        latency = time.perf_counter() - started
+        inference_log.record(request.id, request.inputs, outputs, 200, latency, protocol)
+        return request, outputs
+
+    async def _run(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[Payload], DecodedRequest],
+        payload: Payload,
+        offload: bool,
+        held: list[DecodedRequest] | None = None,
+    ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
         self._arriving += 1
         try:
             model = self.loaded_model(name, version)
@@ -260,6 +322,8 @@ class DataPlane:
                 request = await loop.run_in_executor(self._codec, decode, payload)
             else:
                 request = decode(payload)
+            if held is not None:
+                held.append(request)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:

@@ -130,7 +130,7 @@ class InferenceService:
             try:
                 async with asyncio.timeout(seconds):
                     decoded, outputs = await plane.run(
-                        name, request.model_version or None, decode, request
+                        name, request.model_version or None, decode, request, protocol="grpc"
                     )
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
