@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(serve_parser)
     serve_parser.set_defaults(func=_serve_command)
     # The profile and export tools register their own subcommands (each sets `func`).
-    for module in ("roost_serving.profile", "roost_serving.export", "roost_serving.validate"):
+    modules = ("profile", "export", "validate", "log_reader")
+    for module in (f"roost_serving.{name}" for name in modules):
         importlib.import_module(module).add_cli(commands)
     return parser
 

@@ -67,7 +67,9 @@ class S3Server:
         """Create bucket ``name`` (no error if it exists); returns ``s3://name``."""
         fs = self.filesystem()
         if not fs.exists(name):
-            fs.mkdir(name)
+            # CreateBucket without a LocationConstraint (s3fs's mkdir sends one, which S3 and
+            # versitygw refuse for us-east-1).
+            fs.call_s3("create_bucket", Bucket=name)
         return f"s3://{name}"
 
 
