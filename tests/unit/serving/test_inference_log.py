@@ -13,6 +13,7 @@ import pytest
 from log_peers import BlackHole, Receiver
 from prometheus_client import CollectorRegistry
 from roost_devcluster.s3server import S3Server
+from roost_serving.config import ConfigError, Settings
 from roost_serving.inference_log import InferenceLog, LogConfig, feedback_record, redaction
 from roost_serving.log_reader import examples, log_files, read_log
 from roost_serving.log_sinks import CloudEventsSink
@@ -185,3 +186,29 @@ def test_parquet_files_land_in_the_real_s3_server(
     assert all(key.endswith(".parquet") for key in keys)
     frame = read_log(uri, **s3_server.storage_options)
     assert sorted(frame["id"]) == [f"r{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("log_sample_rate", 1.5, "--log-sample-rate must be between 0 and 1"),
+        ("log_format", "csv", "--log-format must be one of jsonl, parquet"),
+        ("log_rotate_seconds", 0.0, "--log-rotate-seconds must be a positive"),
+    ],
+)
+def test_bad_log_settings_are_refused(option: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(model="m.onnx", **{option: value})  # type: ignore[arg-type]
+
+
+def test_sampling_records_about_the_rate(tmp_path: Path) -> None:
+    never, always, tenth = (
+        _log(str(tmp_path / name), sample_rate=rate)
+        for name, rate in (("never", 0.0), ("always", 1.0), ("tenth", 0.1))
+    )
+    assert not any(never.sampled() for _ in range(1000))
+    assert all(always.sampled() for _ in range(1000))
+    hits = sum(tenth.sampled() for _ in range(10000))
+    assert 800 < hits < 1200  # binomial(10000, 0.1): sd 30, so this bound is ~6.7 sd wide
+    for log in (never, always, tenth):
+        log.close(timeout=1.0)

@@ -1,0 +1,71 @@
+"""The inference log of a real ``roost serve`` process stopped by a real SIGTERM: every
+accepted record is written to a healthy sink; a stalled sink's records are reported lost."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from log_peers import BlackHole
+from roost_serving.log_reader import read_log
+
+ROW = '{"id":"%s","inputs":[{"name":"X","datatype":"FP32","shape":[1,5],"data":[0.5,-1,0.25,2,0]}]}'
+
+
+def _serve(serve_process: Any, model: Path, log_uri: str) -> Any:
+    return serve_process(
+        {
+            "ROOST_MODEL": str(model),
+            "ROOST_NAME": "forest",
+            "ROOST_REVISION": "r7",
+            "ROOST_LOG_URI": log_uri,
+            "ROOST_LOG_ROTATE_SECONDS": "3600",  # nothing is written before the signal
+            "ROOST_GRACE_SECONDS": "5",
+            "ROOST_DRAIN_SECONDS": "1",
+            "ROOST_LOG_LEVEL": "info",
+            "POD_NAME": "forest-pod-1",
+        }
+    )
+
+
+def _infer(server: Any, ids: list[str]) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for request_id in ids:
+            response = client.post("/v2/models/forest/infer", content=ROW % request_id)
+            assert response.status_code == 200, response.text
+
+
+def test_sigterm_writes_every_accepted_record_to_a_healthy_sink(
+    tmp_path: Path, serving_models: dict[str, Path], serve_process: Any
+) -> None:
+    server = _serve(serve_process, serving_models["forest"], str(tmp_path / "log"))
+    _infer(server, [f"before-{i}" for i in range(40)])
+    server.proc.send_signal(signal.SIGTERM)
+    # Requests during the drain are answered, and logged, too.
+    _infer(server, [f"drain-{i}" for i in range(5)])
+    _, stderr = server.proc.communicate(timeout=60)
+    assert server.proc.returncode == 0, stderr
+    assert "every accepted record was written" in stderr
+    frame = read_log(str(tmp_path / "log"))
+    assert sorted(frame["id"]) == sorted(
+        [f"before-{i}" for i in range(40)] + [f"drain-{i}" for i in range(5)]
+    )
+    assert set(frame["revision"]) == {"r7"}
+    assert set(frame["pod"]) == {"forest-pod-1"}
+    assert set(frame["status"]) == {200}
+
+
+def test_sigterm_with_a_stalled_sink_reports_the_lost_records_and_exits_in_time(
+    serving_models: dict[str, Path], serve_process: Any
+) -> None:
+    with BlackHole() as hole:
+        server = _serve(serve_process, serving_models["forest"], hole.url)
+        _infer(server, [f"r{i}" for i in range(20)])
+        server.proc.send_signal(signal.SIGTERM)
+        _, stderr = server.proc.communicate(timeout=60)
+    # Exit 0, not the watchdog's 1: the flush gave up inside the grace period.
+    assert server.proc.returncode == 0, stderr
+    assert "overran the grace period" not in stderr
+    assert "20 accepted records were not written" in stderr
