@@ -108,16 +108,19 @@ def _redacted(
 def encode_record(
     record: Mapping[str, Any], redact: Mapping[str, tuple[int, ...] | None]
 ) -> tuple[dict[str, Any], bytes]:
-    """(Parquet row, JSON line) of one record, with redacted inputs masked by null."""
+    """(Parquet row, JSON line) of one record, with redacted inputs masked by null.
+
+    The row's ``inputs``, ``outputs``, ``ground_truth`` and ``extra`` are JSON bytes."""
     record = dict(record)
     if "inputs" in record:
         record["inputs"] = _redacted(record["inputs"], redact)
+    # Each tensor is encoded once; the Parquet row keeps those bytes (decoded to text only
+    # by the Parquet sink) and the JSON line embeds them as they are.
     row: dict[str, Any] = {name: record.get(name) for name in _SCALARS}
     json_parts = {name: _dumps(record.get(name)) for name in _JSON_COLUMNS}
+    row.update(json_parts)
     extra = {k: v for k, v in record.items() if k not in COLUMNS}
-    for name, text in json_parts.items():
-        row[name] = text.decode()
-    row["extra"] = _dumps(extra).decode() if extra else None
+    row["extra"] = _dumps(extra) if extra else None
     whole = {k: v for k, v in record.items() if k not in _JSON_COLUMNS}
     whole.update({k: orjson.Fragment(v) for k, v in json_parts.items() if k in record})
     return row, _dumps(whole)
@@ -191,7 +194,12 @@ def _parquet(rows: list[dict[str, Any]]) -> bytes:
             *((name, pa.string()) for name in (*_JSON_COLUMNS, "extra")),
         ]
     )
-    table = pa.Table.from_pylist(rows, schema=schema)
+    texts = (*_JSON_COLUMNS, "extra")
+    decoded = [
+        {k: (v.decode() if k in texts and v is not None else v) for k, v in row.items()}
+        for row in rows
+    ]
+    table = pa.Table.from_pylist(decoded, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     data: bytes = sink.getvalue().to_pybytes()
