@@ -64,6 +64,7 @@ from roost_serving.protocol import (
     encode_response,
 )
 from roost_serving.redact import redact_uri
+from roost_serving.requestid import Inference, resolve
 
 log = logging.getLogger("roost.server")
 
@@ -103,6 +104,9 @@ class DataPlane:
         self.limits = settings.limits()
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
+        self.observers: list[Callable[[Inference], None]] = []
+        """Called on the event loop after each successful model run, before the response is
+        encoded (shadow tee, inference log, ...); they must not block: queue and return."""
         self.grpc_port: int | None = None
         """The bound gRPC port once the gRPC server listens."""
         self.inference_log: InferenceLog | None = None
@@ -271,22 +275,28 @@ class DataPlane:
         decode: Callable[[Payload], DecodedRequest],
         payload: Payload,
         offload: bool = False,
+        header_id: str | None = None,
+        source: str = "client",
         protocol: str = "rest",
-    ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
-        """Decode, check and run one request of either protocol; returns it and its outputs.
+    ) -> Inference:
+        """Decode, check and run one request of either protocol; returns it with its outputs.
 
         ``decode(payload)`` is the protocol's codec (REST body or gRPC message); the checks
         against the model and everything after them are shared. ``offload`` decodes on the
         codec thread (large bodies), so the event loop keeps answering probes meanwhile.
-        A sampled request is recorded in the inference log, answered or refused.
+        The request id is the decoded request's own, else ``header_id``, else a fresh one
+        (:func:`roost_serving.requestid.resolve`); it is also set on the decoded request, so
+        the response carries it. ``source="validation"`` requests (the operator's validation
+        and warm-up) run beside the batcher, so drift and prediction monitors never see them.
+        A sampled client request is recorded in the inference log, answered or refused.
         """
         inference_log = self.inference_log
-        if inference_log is None or not inference_log.sampled():
-            return await self._run(name, version, decode, payload, offload)
+        if inference_log is None or source != "client" or not inference_log.sampled():
+            return await self._run(name, version, decode, payload, offload, header_id, source)
         started = time.perf_counter()
         held: list[DecodedRequest] = []
         try:
-            request, outputs = await self._run(name, version, decode, payload, offload, held)
+            done = await self._run(name, version, decode, payload, offload, header_id, source, held)
         except BaseException as exc:
             # Refused requests are logged too (status and reason); cancellation is the
             # request deadline, answered 504.
@@ -299,8 +309,10 @@ class DataPlane:
                 )
             raise
         latency = time.perf_counter() - started
-        inference_log.record(request.id, request.inputs, outputs, 200, latency, protocol)
-        return request, outputs
+        inference_log.record(
+            done.request_id, done.request.inputs, done.outputs, 200, latency, protocol
+        )
+        return done
 
     async def _run(
         self,
@@ -309,8 +321,10 @@ class DataPlane:
         decode: Callable[[Payload], DecodedRequest],
         payload: Payload,
         offload: bool,
+        header_id: str | None,
+        source: str,
         held: list[DecodedRequest] | None = None,
-    ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
+    ) -> Inference:
         self._arriving += 1
         try:
             model = self.loaded_model(name, version)
@@ -322,25 +336,50 @@ class DataPlane:
                 request = await loop.run_in_executor(self._codec, decode, payload)
             else:
                 request = decode(payload)
-            if held is not None:
+            request.id = resolve(request.id, header_id)
+            if held is not None:  # the inference log records refusals from here on
                 held.append(request)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1
-        return request, await batcher.submit(request.inputs)
+        if source == "validation":
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._codec, model.run, request.inputs)
+        else:
+            outputs = await batcher.submit(request.inputs)
+        done = Inference(request.id, request, outputs, source)
+        for observer in self.observers:
+            try:
+                observer(done)
+            except Exception:  # a downstream consumer must never fail the client's request
+                log.exception("inference observer failed (request id %s)", done.request_id)
+        return done
 
     async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: int | None
-    ) -> tuple[bytes, int | None]:
-        """Run one REST inference request; returns the response body and binary header length."""
+        self,
+        name: str,
+        version: str | None,
+        body: bytes,
+        header_length: int | None,
+        header_id: str | None = None,
+        source: str = "client",
+    ) -> tuple[bytes, int | None, str]:
+        """Run one REST inference request; returns the response body, binary header length
+        and the request id."""
         offload = len(body) > OFFLOAD_BYTES
         decode = partial(_decode_body, limits=self.limits)
-        request, outputs = await self.run(name, version, decode, (body, header_length), offload)
+        done = await self.run(
+            name, version, decode, (body, header_length), offload, header_id, source
+        )
         if offload:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._codec, self._encode, name, request, outputs)
-        return self._encode(name, request, outputs)
+            encoded = await loop.run_in_executor(
+                self._codec, self._encode, name, done.request, done.outputs
+            )
+        else:
+            encoded = self._encode(name, done.request, done.outputs)
+        return encoded[0], encoded[1], done.request_id
 
     def _encode(
         self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]
