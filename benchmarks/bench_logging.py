@@ -24,7 +24,8 @@ from pathlib import Path
 from roost_devcluster.net import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import (  # noqa: E402  (a sibling script, not a package)
+# A sibling script, not a package: found through the sys.path entry above.
+from bench_serving import (
     Result,
     model_dir,
     run_wrk,

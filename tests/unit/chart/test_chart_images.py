@@ -105,7 +105,8 @@ import importlib.util, fsspec
 for protocol in ("s3", "gs", "gcs"):
     cls = fsspec.get_filesystem_class(protocol)
     print(protocol, cls.__module__, cls.__name__)
-import roost_serving.model, roost_serving.app
+import roost_serving.model, roost_serving.app, roost_serving.inference_log
+import pyarrow.parquet  # --log-format parquet
 for absent in ("kopf", "kubernetes", "sklearn", "skl2onnx"):
     assert importlib.util.find_spec(absent) is None, absent
 print("ok")
