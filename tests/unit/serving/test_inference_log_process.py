@@ -42,6 +42,11 @@ def test_sigterm_writes_every_accepted_record_to_a_healthy_sink(
 ) -> None:
     server = _serve(serve_process, serving_models["forest"], str(tmp_path / "log"))
     _infer(server, [f"before-{i}" for i in range(40)])
+    # Without a body id the log has the X-Request-Id header's, as the response does.
+    body = ROW.replace('"id":"%s",', "")
+    headers = {"X-Request-Id": "from-header"}
+    response = httpx.post(f"{server.url}/v2/models/forest/infer", content=body, headers=headers)
+    assert response.headers["x-request-id"] == "from-header"
     server.proc.send_signal(signal.SIGTERM)
     # Requests during the drain are answered, and logged, too.
     _infer(server, [f"drain-{i}" for i in range(5)])
@@ -50,7 +55,7 @@ def test_sigterm_writes_every_accepted_record_to_a_healthy_sink(
     assert "every accepted record was written" in stderr
     frame = read_log(str(tmp_path / "log"))
     assert sorted(frame["id"]) == sorted(
-        [f"before-{i}" for i in range(40)] + [f"drain-{i}" for i in range(5)]
+        [f"before-{i}" for i in range(40)] + ["from-header"] + [f"drain-{i}" for i in range(5)]
     )
     assert set(frame["revision"]) == {"r7"}
     assert set(frame["pod"]) == {"forest-pod-1"}
