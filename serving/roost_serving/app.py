@@ -40,7 +40,7 @@ from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
-from roost_serving.inference_log import InferenceLog, open_log
+from roost_serving.inference_log import InferenceLog, open_log, shutdown_deadline
 from roost_serving.limits import (
     Limits,
     queue_full,
@@ -154,16 +154,9 @@ class DataPlane:
     def close_log(self) -> None:
         """Flush and close the inference log within the shutdown deadline (idempotent)."""
         if self.inference_log is not None:
-            self.inference_log.close(self._log_deadline())
-
-    def _log_deadline(self) -> float:
-        """Seconds the inference log may take to flush: up to 1 s before the grace period's
-        end (the watchdog exits at 0.5 s before it), counted from the termination signal."""
-        started = self.shutdown_started
-        if started is None:  # stopped without a signal (tests, a fatal load error)
-            return 5.0
-        left = started + self.settings.grace_seconds - 1.0 - time.monotonic()
-        return max(left, 0.1)
+            self.inference_log.close(
+                shutdown_deadline(self.shutdown_started, self.settings.grace_seconds)
+            )
 
     async def _load(self) -> None:
         settings = self.settings
@@ -293,26 +286,12 @@ class DataPlane:
         inference_log = self.inference_log
         if inference_log is None or source != "client" or not inference_log.sampled():
             return await self._run(name, version, decode, payload, offload, header_id, source)
-        started = time.perf_counter()
-        held: list[DecodedRequest] = []
-        try:
-            done = await self._run(name, version, decode, payload, offload, header_id, source, held)
-        except BaseException as exc:
-            # Refused requests are logged too (status and reason); cancellation is the
-            # request deadline, answered 504.
-            status = exc.status_code if isinstance(exc, RoostError) else 504
-            if held and isinstance(exc, RoostError | asyncio.CancelledError):
-                message = exc.message if isinstance(exc, RoostError) else "deadline exceeded"
-                latency = time.perf_counter() - started
-                inference_log.record(
-                    held[0].id, held[0].inputs, None, status, latency, protocol, message
-                )
-            raise
-        latency = time.perf_counter() - started
-        inference_log.record(
-            done.request_id, done.request.inputs, done.outputs, 200, latency, protocol
+        return await inference_log.around(
+            protocol,
+            lambda held: self._run(
+                name, version, decode, payload, offload, header_id, source, held
+            ),
         )
-        return done
 
     async def _run(
         self,

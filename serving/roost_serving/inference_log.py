@@ -29,15 +29,16 @@ either kind into one pandas DataFrame.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -45,7 +46,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from roost_serving.config import Settings
 from roost_serving.log_sinks import Sink, encode_record, open_sink, pod_name
 from roost_serving.profile import Profile
-from roost_serving.protocol import TensorSpec
+from roost_serving.protocol import DecodedRequest, RoostError, TensorSpec
+
+if TYPE_CHECKING:
+    from roost_serving.requestid import Inference
 
 log = logging.getLogger("roost.inference_log")
 
@@ -151,6 +155,15 @@ def open_log(
     return inference_log
 
 
+def shutdown_deadline(signalled: float | None, grace_seconds: float) -> float:
+    """Seconds the log may take to flush: up to 1 s before the grace period's end (the
+    watchdog exits 0.5 s before it), counted from the termination signal at ``signalled``
+    (``time.monotonic()``); 5 s when the server stopped without one (tests, a failed load)."""
+    if signalled is None:
+        return 5.0
+    return max(signalled + grace_seconds - 1.0 - time.monotonic(), 0.1)
+
+
 class LogMetrics:
     """``roost_log_*`` series; thread-safe (the writer thread counts too)."""
 
@@ -244,6 +257,30 @@ class InferenceLog:
                 "outputs": outputs,
             }
         )
+
+    async def around(
+        self, protocol: str, run: Callable[[list[DecodedRequest]], Awaitable[Inference]]
+    ) -> Inference:
+        """Run one sampled request (``run(held)``) and record it, answered or refused.
+
+        ``run`` appends the decoded request to ``held`` once its id is known, so a refusal
+        after decoding (a wrong shape, a full queue, the deadline) is recorded with its inputs.
+        """
+        started = time.perf_counter()
+        held: list[DecodedRequest] = []
+        try:
+            done = await run(held)
+        except (RoostError, asyncio.CancelledError) as exc:
+            if held:
+                # Cancellation is the request deadline, answered 504.
+                status = exc.status_code if isinstance(exc, RoostError) else 504
+                message = exc.message if isinstance(exc, RoostError) else "deadline exceeded"
+                latency = time.perf_counter() - started
+                self.record(held[0].id, held[0].inputs, None, status, latency, protocol, message)
+            raise
+        latency = time.perf_counter() - started
+        self.record(done.request_id, done.request.inputs, done.outputs, 200, latency, protocol)
+        return done
 
     def append(self, record: dict[str, Any]) -> bool:
         """Queue ``record`` unless the buffer is full (then count it dropped); never blocks."""

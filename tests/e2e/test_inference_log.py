@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from e2e.operator_fixtures import operator_process
-from e2e.test_canary_scenarios import Rollout, rollout
+from e2e.test_canary_scenarios import ANALYSIS, Rollout, rollout
+from roost_devcluster import modeldeployments as mds
 from roost_devcluster.kubeapi import api_path
 from roost_devcluster.s3server import S3Server
 from roost_serving.log_reader import read_log
@@ -45,9 +46,9 @@ def test_rollout_from_s3_logs_every_answer_with_its_pod_and_revision(
     )
     log_uri = f"s3://{logs_bucket}/inference"
 
-    def spec(name: str) -> dict[str, object]:
+    def apply(name: str, steps: list[dict[str, str | int]]) -> None:
         uri = f"s3://{models_bucket}/{name}"
-        return {
+        spec = {
             "model": {
                 "uri": f"{uri}/model.onnx",
                 "profileUri": f"{uri}/profile.json",
@@ -57,14 +58,16 @@ def test_rollout_from_s3_logs_every_answer_with_its_pod_and_revision(
             # Files every second, so the stable's records are there without a shutdown.
             "server": {"env": [{"name": "ROOST_LOG_ROTATE_SECONDS", "value": "1"}]},
         }
+        analysis = {**ANALYSIS, "gates": {"errorRate": {"margin": 0.05}}}
+        body = mds.manifest(ns, rollout.models[name], "wine", 2, steps, analysis, **spec)
+        mds.apply(rollout.api, body)
 
-    gates = {"errorRate": {"margin": 0.05}}
-    rollout.apply("wine-v1", [{"weight": 50, "pause": "4s"}], gates, **spec("wine-v1"))
+    apply("wine-v1", [{"weight": 50, "pause": "4s"}])
     stable = rollout.wait(lambda: (rollout.status().get("stable") or {}).get("revision"), "stable")
     rollout.wait(lambda: rollout.ready_pods(stable, 2), f"2 Ready pods of {stable} (from s3)")
     revision_of = {p["metadata"]["name"]: stable for p in rollout.pods(stable)}
     with rollout.traffic(seconds=120) as traffic:
-        rollout.apply("wine-v2", [{"weight": 50, "pause": "6s"}], gates, **spec("wine-v2"))
+        apply("wine-v2", [{"weight": 50, "pause": "6s"}])
         canary = rollout.new_canary(stable)
         rollout.wait(lambda: rollout.ready_pods(canary, 1), "a Ready canary")
         revision_of.update({p["metadata"]["name"]: canary for p in rollout.pods(canary)})
