@@ -92,11 +92,11 @@ def _requirements(extras: set[str]) -> set[str]:
 def test_each_image_installs_only_its_side() -> None:
     """The operator image carries no model runtime; the serving image no Kubernetes client."""
     assert _extras("operator") == {"operator"}
-    assert _extras("serving") == {"serving", "s3", "gcs"}
+    assert _extras("serving") == {"serving", "s3", "gcs", "parquet"}
     operator, serving = _requirements(_extras("operator")), _requirements(_extras("serving"))
     assert {"kopf", "kubernetes", "aiohttp"} <= operator
     assert not operator & {"onnxruntime", "scikit-learn", "skl2onnx", "fastapi", "uvicorn"}
-    assert {"onnxruntime", "fastapi", "s3fs", "gcsfs"} <= serving
+    assert {"onnxruntime", "fastapi", "s3fs", "gcsfs", "pyarrow"} <= serving
     assert not serving & {"kopf", "kubernetes", "scikit-learn", "skl2onnx"}
 
 
