@@ -53,6 +53,9 @@ def _records_parquet(data: bytes) -> list[dict[str, Any]]:
 def log_files(uri: str, **storage_options: Any) -> tuple[Any, list[str]]:
     """The filesystem and the sorted log file paths under ``uri`` (written files only)."""
     fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    # fsspec reuses filesystem instances: a listing cached by an earlier read would hide
+    # files written since (and make cat_file refuse them).
+    fs.invalidate_cache()
     found = [p for p in fs.find(root) if p.endswith((".jsonl", ".parquet"))]
     return fs, sorted(found)
 
