@@ -186,6 +186,12 @@ def test_parquet_files_land_in_the_real_s3_server(
     assert all(key.endswith(".parquet") for key in keys)
     frame = read_log(uri, **s3_server.storage_options)
     assert sorted(frame["id"]) == [f"r{i}" for i in range(5)]
+    # A second pod writes more; a second read sees them (no stale listing).
+    other = _log(uri, format="parquet")
+    _predict(other, 3, prefix="s")
+    assert other.close(timeout=60.0) == 0
+    again = read_log(uri, **s3_server.storage_options)
+    assert len(again) == 8
 
 
 @pytest.mark.parametrize(
