@@ -4,7 +4,8 @@ Starts three `roost serve` processes of the bench-rf20 example model on 127.0.0.
 (no log; `--log-uri <tmp dir> --log-sample-rate 0.1`; the same at 1.0, JSON Lines, default
 rotation) and drives each with Debian's `wrk` in turn, scenario by scenario, so the three
 share the same machine state: single-row JSON requests at concurrency 8 and 64-row JSON
-requests at concurrency 8. Prints req/s, p50/p99 latency, server CPU per request and each
+requests at concurrency 8, each twice (the second round in reverse order; the table shows the
+means). Prints req/s, p50/p99 latency, server CPU per request and each
 row's throughput relative to logging off, then the records each server wrote or dropped
 (`roost_log_records_total`, after a SIGTERM flush: the files are counted).
 
@@ -45,6 +46,18 @@ def _records(log_dir: Path) -> int:
     )
 
 
+def _mean(results: list[Result]) -> Result:
+    n = len(results)
+    return Result(
+        concurrency=results[0].concurrency,
+        rps=sum(r.rps for r in results) / n,
+        p50_ms=sum(r.p50_ms for r in results) / n,
+        p99_ms=sum(r.p99_ms for r in results) / n,
+        cpu_us_per_request=sum(r.cpu_us_per_request for r in results) / n,
+        errors=sum(r.errors for r in results),
+    )
+
+
 def main() -> None:
     """Run the comparison and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,17 +85,24 @@ def main() -> None:
             servers[label] = (proc, f"http://127.0.0.1:{port}")
         for proc, url in servers.values():
             wait_ready(url + "/v2/health/ready", proc)
-        results: dict[str, dict[str, Result]] = {}
+        runs: dict[str, dict[str, list[Result]]] = {}
         for key in ("json1", "json64"):
             scenario = bodies[key]
-            for label, (proc, url) in servers.items():
-                infer = url + "/v2/models/bench-rf20/infer"
-                results.setdefault(scenario.name, {})[label] = run_wrk(
-                    infer, scenario, proc.pid, 8, args.duration
-                )
+            # Two rounds, the second in reverse order, so no setting always runs first.
+            order = list(servers.items())
+            for round_order in (order, order[::-1]):
+                for label, (proc, url) in round_order:
+                    infer = url + "/v2/models/bench-rf20/infer"
+                    result = run_wrk(infer, scenario, proc.pid, 8, args.duration)
+                    runs.setdefault(scenario.name, {}).setdefault(label, []).append(result)
+        results = {
+            name: {label: _mean(rows[label]) for label in RATES} for name, rows in runs.items()
+        }
         for proc, _ in servers.values():
             stop(proc)
-        print(f"\ninference log cost, wrk c=8, {args.duration} s per run (bench-rf20)")
+        print(
+            f"\ninference log cost, wrk c=8, mean of 2 runs of {args.duration} s each (bench-rf20)"
+        )
         print(f"{'scenario':<14}{'log':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'CPU us/req':>12}{'vs off':>8}{'errors':>8}")  # fmt: skip
         for name, rows in results.items():
