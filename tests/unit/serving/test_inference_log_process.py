@@ -1,5 +1,6 @@
-"""The inference log of a real ``roost serve`` process stopped by a real SIGTERM: every
-accepted record is written to a healthy sink; a stalled sink's records are reported lost."""
+"""The inference log of a real server: ``roost serve`` processes stopped by a real SIGTERM
+(every accepted record is written to a healthy sink; a stalled sink's records are reported
+lost), and REST and gRPC requests, answered or refused, in the records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import tritonclient.grpc as triton
 from log_peers import BlackHole
+from roost_serving.config import Settings
 from roost_serving.log_reader import read_log
 
 ROW = '{"id":"%s","inputs":[{"name":"X","datatype":"FP32","shape":[1,5],"data":[0.5,-1,0.25,2,0]}]}'
@@ -74,3 +78,42 @@ def test_sigterm_with_a_stalled_sink_reports_the_lost_records_and_exits_in_time(
     assert server.proc.returncode == 0, stderr
     assert "overran the grace period" not in stderr
     assert "20 accepted records were not written" in stderr
+
+
+def test_rest_and_grpc_requests_are_logged_answered_or_refused_but_not_validation(
+    tmp_path: Path, serving_models: dict[str, Path], start_server: Any
+) -> None:
+    log_dir = tmp_path / "log"
+    server = start_server(
+        Settings(
+            model=str(serving_models["forest"]),
+            name="forest",
+            revision="r2",
+            grpc_port=0,
+            log_uri=str(log_dir),
+            log_rotate_seconds=3600.0,
+        )
+    )
+    url = f"{server.url}/v2/models/forest/infer"
+    assert httpx.post(url, content=ROW % "rest-1").status_code == 200
+    bad = ROW.replace("[1,5]", "[1,4]").replace(",0]", "]") % "rest-bad"
+    assert httpx.post(url, content=bad).status_code == 400
+    # The operator's validation requests never reach the log.
+    validation = httpx.post(url, content=ROW % "val-1", headers={"Roost-Source": "validation"})
+    assert validation.status_code == 200
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.plane.grpc_port}")
+    tensor = triton.InferInput("X", [2, 5], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, 5), np.float32))
+    client.infer("forest", [tensor], request_id="grpc-1")
+    client.close()
+    assert server.plane.inference_log.close(timeout=30.0) == 0
+    frame = read_log(str(log_dir)).set_index("id")
+    assert sorted(frame.index) == ["grpc-1", "rest-1", "rest-bad"]
+    assert (frame.loc["rest-1", "status"], frame.loc["rest-1", "protocol"]) == (200, "rest")
+    assert frame.loc["rest-bad", "status"] == 400
+    assert "shape" in frame.loc["rest-bad", "error"]
+    assert frame.loc["rest-bad", "outputs"] is None
+    assert frame.loc["grpc-1", "protocol"] == "grpc"
+    assert len(frame.loc["grpc-1", "outputs"]["label"]) == 2
+    assert set(frame["revision"]) == {"r2"}
+    assert (frame["latency_s"] > 0).all()
