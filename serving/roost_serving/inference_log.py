@@ -358,7 +358,13 @@ class InferenceLog:
             stopping = self._stop.is_set()
             urgent = stopping or self._urgent.is_set()
             while self._queue and size < config.rotate_bytes:
-                row, line = encode_record(self._queue.popleft(), config.redact)
+                try:
+                    row, line = encode_record(self._queue.popleft(), config.redact)
+                except Exception:  # a value that cannot be encoded: that record only
+                    log.exception("inference log: a record could not be encoded; lost")
+                    with self._lock:
+                        self._settle(1, "lost")
+                    continue
                 if not lines:
                     opened = time.monotonic()
                 rows.append(row)

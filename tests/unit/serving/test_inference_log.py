@@ -218,3 +218,14 @@ def test_sampling_records_about_the_rate(tmp_path: Path) -> None:
     assert 800 < hits < 1200  # binomial(10000, 0.1): sd 30, so this bound is ~6.7 sd wide
     for log in (never, always, tenth):
         log.close(timeout=1.0)
+
+
+def test_a_record_that_cannot_be_encoded_is_lost_alone(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    log = _log(str(tmp_path), registry)
+    log.record("a", {"X": X}, OUT, 200, 0.001, "rest")
+    log.append({"kind": "feedback", "id": "b", "time": 1.0, "ground_truth": object()})
+    log.record("c", {"X": X}, OUT, 200, 0.001, "rest")
+    assert log.close(timeout=30.0) == 0
+    assert (_count(registry, "written"), _count(registry, "lost")) == (2, 1)
+    assert list(read_log(str(tmp_path))["id"]) == ["a", "c"]
