@@ -70,8 +70,9 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 build_module "$helm_dir" helm helm.sh/helm/v3 "$HELM_VERSION" ./cmd/helm "$helm_ldflags" \
   "k8s.io/client-go v0\.${HELM_KUBE_MINOR}\."
-# The tests' object store: upstream's own command and go.mod (measured cold: ~20 s to download
-# 340 MB of modules, minutes to build; SeaweedFS needs 3.4 GB of modules, see versions.env).
+# The tests' object store: upstream's own command and go.mod (measured cold on the shared
+# 2 cores: 19 s to download 340 MB of modules, 6 minutes to build; docs/architecture.md says why
+# not SeaweedFS or gofakes3).
 build_module "$s3_dir" versitygw github.com/versity/versitygw "$VERSITYGW_VERSION" ./cmd/versitygw \
   "-s -w -X main.Version=${VERSITYGW_VERSION} -X main.Build=module -X main.BuildTime=${build_date}"
 # The Gateway API CRDs come from the same pinned module graph.
