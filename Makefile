@@ -64,6 +64,7 @@ demo: venv system-deps k8s-binaries
 
 bench: venv system-deps
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/bench_overload.py
 	$(BIN)/python benchmarks/profile_serving.py
 	$(BIN)/python benchmarks/bench_drift.py

@@ -115,6 +115,15 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
         # The server fits drain + in-flight requests + exit inside this (the pod's own grace).
         {"name": "ROOST_GRACE_SECONDS", "value": str(GRACE_SECONDS)},
     ]
+    if spec.logging is not None:
+        logging = spec.logging
+        env += [
+            {"name": "ROOST_LOG_URI", "value": logging.uri},
+            {"name": "ROOST_LOG_SAMPLE_RATE", "value": f"{logging.sample_rate:g}"},
+            {"name": "ROOST_LOG_FORMAT", "value": logging.format},
+        ]
+        if logging.redact:
+            env.append({"name": "ROOST_LOG_REDACT", "value": ",".join(logging.redact)})
     # spec.server.env comes last and wins: server-side apply keys env by name, so a name
     # given twice would be refused rather than overridden.
     # Sorted by name: a reordered list serves the same, and must neither restart pods nor
@@ -177,8 +186,14 @@ def build_deployment(
         # fsspec and onnxruntime may need scratch space under a read-only root.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    if spec.model.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+    # The model's and the log's storage credentials; where both set a key, the log's wins
+    # (envFrom: the last source wins).
+    secrets = [spec.model.credentials_secret]
+    if spec.logging is not None:
+        secrets.append(spec.logging.credentials_secret)
+    names = list(dict.fromkeys(name for name in secrets if name))
+    if names:
+        container["envFrom"] = [{"secretRef": {"name": name}} for name in names]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

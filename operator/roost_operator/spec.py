@@ -45,6 +45,10 @@ RESERVED_ENV = {
     "ROOST_DRIFT_WINDOW": "spec.server.driftWindow",
     "POD_NAME": "the downward API",
     "POD_NAMESPACE": "the downward API",
+    "ROOST_LOG_URI": "spec.logging.uri",
+    "ROOST_LOG_SAMPLE_RATE": "spec.logging.sampleRate",
+    "ROOST_LOG_FORMAT": "spec.logging.format",
+    "ROOST_LOG_REDACT": "spec.logging.redact",
 }
 __all__ = [
     "DEFAULT_MIN_DRIFT_ROWS",
@@ -119,6 +123,19 @@ class ServerSpec:
     threads: int = 1
     drift_window: int = 2000
     env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    """`spec.logging`: the inference log of every serving pod (`roost serve --log-*`)."""
+
+    uri: str
+    """Directory, fsspec URI (`s3://`, `gs://`) or http(s) CloudEvents receiver."""
+    sample_rate: float = 1.0
+    format: str = "jsonl"
+    redact: tuple[str, ...] = ()
+    credentials_secret: str | None = None
+    """A Secret whose keys become the pods' environment (e.g. AWS_* for the log's bucket)."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +248,32 @@ class ModelDeploymentSpec:
     grpc_route: HTTPRouteSpec | None = None
     """`spec.traffic.grpcRoute`: the GRPCRoute counterpart (same fields, gRPC port)."""
     paused: bool = False
+    logging: LoggingSpec | None = None
+
+
+def _logging(raw: Any) -> LoggingSpec | None:
+    if not raw:
+        return None
+    where = "spec.logging"
+    if not isinstance(raw, Mapping) or not raw.get("uri"):
+        raise SpecError(f"{where}.uri is required, e.g. s3://bucket/inference-log")
+    rate = _number(raw, "sampleRate", where, 0.0, 1.0)
+    fmt = str(raw.get("format") or "jsonl")
+    if fmt not in ("jsonl", "parquet"):
+        raise SpecError(f"{where}.format must be jsonl or parquet, not {fmt!r}")
+    redact = raw.get("redact") or []
+    if not isinstance(redact, list) or not all(isinstance(n, str) and n for n in redact):
+        raise SpecError(f"{where}.redact must be a list of input or feature names")
+    if any("," in name for name in redact):
+        raise SpecError(f"{where}.redact names must not contain ','")
+    secret = (raw.get("credentials") or {}).get("secretName")
+    return LoggingSpec(
+        uri=str(raw["uri"]),
+        sample_rate=1.0 if rate is None else rate,
+        format=fmt,
+        redact=tuple(str(n) for n in redact),
+        credentials_secret=str(secret) if secret else None,
+    )
 
 
 def _model(raw: Mapping[str, Any]) -> ModelSpec:
@@ -422,4 +465,5 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         http_route=_http_route(raw.get("traffic")),
         grpc_route=_http_route(raw.get("traffic"), "grpcRoute"),
         paused=bool(raw.get("paused", False)),
+        logging=_logging(raw.get("logging")),
     )

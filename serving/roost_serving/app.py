@@ -40,6 +40,7 @@ from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
+from roost_serving.inference_log import InferenceLog, open_log, shutdown_deadline
 from roost_serving.limits import (
     Limits,
     queue_full,
@@ -108,6 +109,10 @@ class DataPlane:
         encoded (shadow tee, inference log, ...); they must not block: queue and return."""
         self.grpc_port: int | None = None
         """The bound gRPC port once the gRPC server listens."""
+        self.inference_log: InferenceLog | None = None
+        """The inference log (``--log-uri``) once the model is loaded; feedback appends here."""
+        self.shutdown_started: float | None = None
+        """``time.monotonic()`` of the termination signal: the grace period counts from it."""
         self._arriving = 0
         # One thread: big requests are decoded in parallel with the model run, at most one
         # competes with the event loop for the GIL, and one large decoded body is built at once.
@@ -121,6 +126,9 @@ class DataPlane:
     def begin_shutdown(self) -> None:
         """Turn readiness false; requests still in flight (or arriving) are served."""
         self.shutting_down = True
+        self.shutdown_started = time.monotonic()
+        if self.inference_log is not None:
+            self.inference_log.flush_soon()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -140,7 +148,15 @@ class DataPlane:
                 # queued has nobody waiting, so the grace period is not spent on it.
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.batcher.stop(), 1.0)
+            await asyncio.to_thread(self.close_log)
             self._codec.shutdown(wait=False, cancel_futures=True)
+
+    def close_log(self) -> None:
+        """Flush and close the inference log within the shutdown deadline (idempotent)."""
+        if self.inference_log is not None:
+            self.inference_log.close(
+                shutdown_deadline(self.shutdown_started, self.settings.grace_seconds)
+            )
 
     async def _load(self) -> None:
         settings = self.settings
@@ -163,6 +179,12 @@ class DataPlane:
         except RoostError as exc:
             self.fail(exc.message)
             return
+        if settings.log_uri is not None:
+            try:
+                self.inference_log = open_log(settings, self.registry, model.inputs, profile)
+            except ValueError as exc:
+                self.fail(f"cannot open the inference log: {exc}")
+                return
         monitor = DriftMonitor(
             profile, self.registry, settings.name, settings.revision, settings.drift_window
         )
@@ -248,6 +270,7 @@ class DataPlane:
         offload: bool = False,
         header_id: str | None = None,
         source: str = "client",
+        protocol: str = "rest",
     ) -> Inference:
         """Decode, check and run one request of either protocol; returns it with its outputs.
 
@@ -258,7 +281,29 @@ class DataPlane:
         (:func:`roost_serving.requestid.resolve`); it is also set on the decoded request, so
         the response carries it. ``source="validation"`` requests (the operator's validation
         and warm-up) run beside the batcher, so drift and prediction monitors never see them.
+        A sampled client request is recorded in the inference log, answered or refused.
         """
+        inference_log = self.inference_log
+        if inference_log is None or source != "client" or not inference_log.sampled():
+            return await self._run(name, version, decode, payload, offload, header_id, source)
+        return await inference_log.around(
+            protocol,
+            lambda held: self._run(
+                name, version, decode, payload, offload, header_id, source, held
+            ),
+        )
+
+    async def _run(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[Payload], DecodedRequest],
+        payload: Payload,
+        offload: bool,
+        header_id: str | None,
+        source: str,
+        held: list[DecodedRequest] | None = None,
+    ) -> Inference:
         self._arriving += 1
         try:
             model = self.loaded_model(name, version)
@@ -271,6 +316,8 @@ class DataPlane:
             else:
                 request = decode(payload)
             request.id = resolve(request.id, header_id)
+            if held is not None:  # the inference log records refusals from here on
+                held.append(request)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:

@@ -137,8 +137,11 @@ def serve(settings: Settings) -> int:
         server.run()
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
         if plane.load_error is None:
+            plane.close_log()
             print(f"roost: error: server failed to start (status {exc.code})", file=sys.stderr)
             return 1
+    # The lifespan closes the log; a lifespan cut short (a signal during startup) did not.
+    plane.close_log()
     if plane.load_error is not None:
         print(f"roost: error: {plane.load_error}", file=sys.stderr, flush=True)
         return 1
@@ -172,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(serve_parser)
     serve_parser.set_defaults(func=_serve_command)
     # The profile and export tools register their own subcommands (each sets `func`).
-    for module in ("roost_serving.profile", "roost_serving.export", "roost_serving.validate"):
+    modules = ("profile", "export", "validate", "log_reader")
+    for module in (f"roost_serving.{name}" for name in modules):
         importlib.import_module(module).add_cli(commands)
     return parser
 

@@ -18,6 +18,7 @@ from typing import Any
 from roost_serving.limits import Limits
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("jsonl", "parquet")
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,21 @@ class Settings:
     """Longest silence from the storage while reading, per attempt."""
     fetch_attempts: int = 4
     """Attempts per file on connection errors, timeouts and 5xx (backoff 0.5 s, doubling)."""
+    log_uri: str | None = None
+    """Inference log sink: a directory or fsspec URI (``s3://``, ``gs://``) for Parquet/JSON
+    Lines files, or an ``http(s)://`` URL that receives CloudEvents batches; ``None``: off."""
+    log_sample_rate: float = 1.0
+    """Share of inference requests recorded in the inference log (0 to 1)."""
+    log_format: str = "jsonl"
+    """Format of inference log files: ``jsonl`` or ``parquet`` (needs pyarrow)."""
+    log_redact: tuple[str, ...] = ()
+    """Input tensors or profile feature columns whose values the log never holds."""
+    log_buffer: int = 10000
+    """Most inference log records waiting to be written; beyond, new ones are dropped."""
+    log_rotate_seconds: float = 10.0
+    """An inference log file is closed and written at least this often while records come."""
+    log_rotate_bytes: int = 8 * 1024 * 1024
+    """... and once its records reach about this many bytes (JSON-encoded size)."""
 
     def __post_init__(self) -> None:
         """Reject values the server cannot run with, naming the option to fix."""
@@ -136,6 +152,21 @@ class Settings:
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        self._check_log()
+
+    def _check_log(self) -> None:
+        if not 0.0 <= self.log_sample_rate <= 1.0:
+            raise ConfigError(
+                f"--log-sample-rate must be between 0 and 1, got {self.log_sample_rate:g}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+        if self.log_buffer < 1 or self.log_rotate_bytes < 1024:
+            raise ConfigError("--log-buffer must be at least 1 and --log-rotate-bytes 1024")
+        if not self.log_rotate_seconds > 0:
+            raise ConfigError("--log-rotate-seconds must be a positive number of seconds")
 
     def limits(self) -> Limits:
         """The per-request limits every front end checks."""
@@ -174,6 +205,10 @@ def _optional_int(value: str) -> int | None:
     return int(value) if value.strip() else None
 
 
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 # field -> (parser of the env/flag text, help). The flag is --field-with-dashes and the
 # environment variable ROOST_FIELD_UPPERCASE, so the two can never drift apart.
 _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
@@ -205,6 +240,13 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "fetch_connect_timeout": (float, "connect timeout per fetch attempt"),
     "fetch_read_timeout": (float, "read timeout (silence) per fetch attempt"),
     "fetch_attempts": (int, "attempts per file on transient fetch errors"),
+    "log_uri": (_optional_str, "inference log: directory, fsspec URI or CloudEvents URL"),
+    "log_sample_rate": (float, "share of requests written to the inference log"),
+    "log_format": (str.lower, "inference log file format: " + ", ".join(LOG_FORMATS)),
+    "log_redact": (_names, "comma-separated inputs / feature columns kept out of the log"),
+    "log_buffer": (int, "most log records waiting to be written (dropped above)"),
+    "log_rotate_seconds": (float, "longest a log file stays open while records come"),
+    "log_rotate_bytes": (int, "log file size (JSON bytes) that closes it"),
 }
 
 

@@ -141,6 +141,7 @@ class InferenceService:
                         request,
                         header_id=request_id or None,
                         source=source,
+                        protocol="grpc",
                     )
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None

@@ -92,11 +92,11 @@ def _requirements(extras: set[str]) -> set[str]:
 def test_each_image_installs_only_its_side() -> None:
     """The operator image carries no model runtime; the serving image no Kubernetes client."""
     assert _extras("operator") == {"operator"}
-    assert _extras("serving") == {"serving", "s3", "gcs"}
+    assert _extras("serving") == {"serving", "s3", "gcs", "parquet"}
     operator, serving = _requirements(_extras("operator")), _requirements(_extras("serving"))
     assert {"kopf", "kubernetes", "aiohttp"} <= operator
     assert not operator & {"onnxruntime", "scikit-learn", "skl2onnx", "fastapi", "uvicorn"}
-    assert {"onnxruntime", "fastapi", "s3fs", "gcsfs"} <= serving
+    assert {"onnxruntime", "fastapi", "s3fs", "gcsfs", "pyarrow"} <= serving
     assert not serving & {"kopf", "kubernetes", "scikit-learn", "skl2onnx"}
 
 
@@ -105,7 +105,8 @@ import importlib.util, fsspec
 for protocol in ("s3", "gs", "gcs"):
     cls = fsspec.get_filesystem_class(protocol)
     print(protocol, cls.__module__, cls.__name__)
-import roost_serving.model, roost_serving.app
+import roost_serving.model, roost_serving.app, roost_serving.inference_log
+import pyarrow.parquet  # --log-format parquet
 for absent in ("kopf", "kubernetes", "sklearn", "skl2onnx"):
     assert importlib.util.find_spec(absent) is None, absent
 print("ok")

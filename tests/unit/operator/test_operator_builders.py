@@ -290,3 +290,50 @@ class TestGRPCRoute:
             builders.build_grpc_route(OWNER, spec(), "aaaa", None, 0)
         with pytest.raises(SpecError, match=r"spec\.traffic\.grpcRoute needs a name"):
             spec(traffic={"grpcRoute": {"name": "x"}})
+
+
+class TestLogging:
+    def test_spec_logging_becomes_the_log_settings_and_its_secret(self) -> None:
+        s = spec(
+            model={"uri": "s3://b/m.onnx", "credentials": {"secretName": "models"}},
+            logging={
+                "uri": "s3://logs/wine",
+                "sampleRate": 0.25,
+                "format": "parquet",
+                "redact": ["alcohol", "hue"],
+                "credentials": {"secretName": "log-bucket"},
+            },
+        )
+        d = builders.build_deployment(OWNER, s, REV, 1, "i")
+        env = env_of(d)
+        assert env["ROOST_LOG_URI"] == "s3://logs/wine"
+        assert env["ROOST_LOG_SAMPLE_RATE"] == "0.25"
+        assert env["ROOST_LOG_FORMAT"] == "parquet"
+        assert env["ROOST_LOG_REDACT"] == "alcohol,hue"
+        container = d["spec"]["template"]["spec"]["containers"][0]
+        # The log's keys come last and win where both Secrets set one.
+        assert container["envFrom"] == [
+            {"secretRef": {"name": "models"}},
+            {"secretRef": {"name": "log-bucket"}},
+        ]
+
+    def test_no_logging_no_log_env(self) -> None:
+        env = env_of(builders.build_deployment(OWNER, spec(), REV, 1, "i"))
+        assert not [name for name in env if name.startswith("ROOST_LOG_")]
+
+    @pytest.mark.parametrize(
+        ("logging", "message"),
+        [
+            ({"sampleRate": 0.5}, "spec.logging.uri is required"),
+            ({"uri": "s3://l", "sampleRate": 2}, "sampleRate must be between 0 and 1"),
+            ({"uri": "s3://l", "format": "csv"}, "format must be jsonl or parquet"),
+            ({"uri": "s3://l", "redact": ["a,b"]}, "must not contain ','"),
+        ],
+    )
+    def test_bad_logging_is_a_spec_error(self, logging: dict[str, Any], message: str) -> None:
+        with pytest.raises(SpecError, match=message):
+            spec(logging=logging)
+
+    def test_spec_server_env_cannot_set_the_log_settings(self) -> None:
+        with pytest.raises(SpecError, match=r"spec\.logging\.uri"):
+            spec(server={"env": [{"name": "ROOST_LOG_URI", "value": "x"}]})
