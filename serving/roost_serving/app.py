@@ -64,6 +64,7 @@ from roost_serving.protocol import (
 )
 from roost_serving.redact import redact_uri
 from roost_serving.runtime import RuntimeConfig, install_routes
+from roost_serving.shadow import ShadowTee
 
 log = logging.getLogger("roost.server")
 
@@ -96,6 +97,9 @@ class DataPlane:
         self.version = settings.revision or "1"
         self.runtime = RuntimeConfig(registry, settings.name, settings.revision)
         """What the operator pushes at run time (``PUT /v2/roost/runtime``)."""
+        self.shadow = ShadowTee(registry, settings.name, settings.revision)
+        """Copies of requests to the canary during a shadow step (the ``shadow`` section)."""
+        self.runtime.subscribe("shadow", self.shadow.configure)
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
@@ -140,6 +144,7 @@ class DataPlane:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.batcher.stop(), 1.0)
             self._codec.shutdown(wait=False, cancel_futures=True)
+            await self.shadow.close()
 
     async def _load(self) -> None:
         settings = self.settings
@@ -270,12 +275,25 @@ class DataPlane:
         return request, await batcher.submit(request.inputs)
 
     async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: int | None
+        self,
+        name: str,
+        version: str | None,
+        body: bytes,
+        header_length: int | None,
+        tee: bool = True,
     ) -> tuple[bytes, int | None]:
-        """Run one REST inference request; returns the response body and binary header length."""
+        """Run one REST inference request; returns the response body and binary header length.
+
+        ``tee``: a user request, which a stable pod may copy to the canary during a shadow step
+        (never a copy itself, nor validation traffic).
+        """
         offload = len(body) > OFFLOAD_BYTES
         decode = partial(_decode_body, limits=self.limits)
         request, outputs = await self.run(name, version, decode, (body, header_length), offload)
+        if tee and self.shadow.target is not None:
+            binary = header_length is not None or request.binary_default
+            binary = binary or bool(request.binary_outputs)
+            self.shadow.offer(body, binary, request.id, outputs, request.outputs)
         if offload:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._codec, self._encode, name, request, outputs)

@@ -43,6 +43,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON = b"application/json"
+SOURCE_HEADER = b"roost-source"
+SHADOW_SOURCE = b"shadow"
 _CLOSE = (b"connection", b"close")
 
 
@@ -101,17 +103,20 @@ class InferenceFastPath:
         content_type = _JSON
         extra: list[tuple[bytes, bytes]] = []
         admitted = False
+        source: bytes | None = None
         try:
             plane.admit()
             admitted = True
             plane.inflight += 1
             metrics.inflight.inc()
-            header_length, deadline_value = _request_headers(scope)
+            header_length, deadline_value, source = _request_headers(scope)
             seconds = parse_deadline(deadline_value, plane.limits)
             try:
                 async with asyncio.timeout(seconds):
                     body = await self._read_body(scope, receive)
-                    payload, out_length = await plane.infer(name, version, body, header_length)
+                    payload, out_length = await plane.infer(
+                        name, version, body, header_length, tee=source is None
+                    )
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
             status = 200
@@ -138,6 +143,10 @@ class InferenceFastPath:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        if source == SHADOW_SOURCE:
+            # A stable pod's copy during a shadow step: never user traffic in the metrics.
+            plane.shadow.metrics.serve(status)
+            return
         metrics.count_request(status)
         metrics.request_duration.observe(time.perf_counter() - started)
 
@@ -168,16 +177,20 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _request_headers(scope: Scope) -> tuple[int | None, bytes | None]:
-    """``Inference-Header-Content-Length`` (parsed) and the raw client deadline header."""
+def _request_headers(scope: Scope) -> tuple[int | None, bytes | None, bytes | None]:
+    """``Inference-Header-Content-Length`` (parsed), the raw client deadline header and the
+    ``Roost-Source`` header (``shadow``, ``validation``: traffic roost itself sends)."""
     length: int | None = None
     deadline: bytes | None = None
+    source: bytes | None = None
     for key, value in scope["headers"]:
         if key == b"inference-header-content-length":
             length = parse_header_length(value)
         elif key == DEADLINE_HEADER:
             deadline = value
-    return length, deadline
+        elif key == SOURCE_HEADER:
+            source = value.lower()
+    return length, deadline, source
 
 
 def _closing(send: Send) -> Send:
