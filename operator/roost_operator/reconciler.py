@@ -192,6 +192,7 @@ async def _analyse(
         spec=request.analysis,
         evidence=request.evidence,
         now=now,
+        shadow=request.shadow,
     )
     runtime.metrics.observe_analysis(md.namespace, md.name, analysis)
     logger.info("analysis %s: %s", analysis.verdict, analysis.message)

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from kubernetes.client.exceptions import ApiException
 
+from roost_operator import shadow
 from roost_operator.applier import Applier
 from roost_operator.builders import Owner, common_labels, runtime_secret_name
 from roost_operator.pods import PodTarget, RevisionPods
@@ -71,12 +72,6 @@ class RuntimeContext:
 SectionBuilder = Callable[[RuntimeContext], Section | None]
 
 
-def pod_url(pod: PodTarget) -> str:
-    """``http://<podIP>:<port>``."""
-    host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
-    return f"http://{host}:{pod.port}"
-
-
 def peers_section(ctx: RuntimeContext) -> Section | None:
     """``peers``: ``{"pods": [{"pod", "revision", "role", "url"}]}``, every ready serving pod
     of the stable and the canary revision (sorted, so the version only moves when they do)."""
@@ -86,11 +81,16 @@ def peers_section(ctx: RuntimeContext) -> Section | None:
         if role is None:
             continue
         for pod in sorted(summary.ready_pods, key=lambda p: p.name):
-            pods.append({"pod": pod.name, "revision": revision, "role": role, "url": pod_url(pod)})
+            pods.append({"pod": pod.name, "revision": revision, "role": role, "url": pod.url})
     return {"pods": pods}
 
 
-SECTION_BUILDERS: dict[str, SectionBuilder] = {"peers": peers_section}
+def shadow_section(ctx: RuntimeContext) -> Section | None:
+    """``shadow``: in a shadow step, where stable pods send copies (roost_operator.shadow)."""
+    return shadow.shadow_section(ctx.spec, ctx.state, ctx.pods)
+
+
+SECTION_BUILDERS: dict[str, SectionBuilder] = {"peers": peers_section, "shadow": shadow_section}
 """One builder per feature; a builder returning None leaves its section out."""
 
 
@@ -213,7 +213,7 @@ class RuntimePusher:
     async def _push_one(
         self, session: aiohttp.ClientSession, pod: PodTarget, document: Any, token: str
     ) -> tuple[str, str]:
-        url = pod_url(pod) + PATH
+        url = pod.url + PATH
         headers = {"Authorization": f"Bearer {token}"}
         try:
             async with session.get(url, headers=headers) as response:

@@ -87,6 +87,10 @@ def canary_target_replicas(policy: RolloutPolicy, canary: CanaryState, total: in
     """Canary replicas its current step wants."""
     if policy.full_scale(canary.step):
         return max(total, 0)
+    shadow = policy.shadow(canary.step)
+    if shadow:
+        # Copies of `shadow` percent of the stable's requests: that share of its capacity.
+        return max(1, -(-max(total, 0) * shadow // 100))
     return replica_split(total, policy.weight(canary.step))[1]
 
 
@@ -114,7 +118,7 @@ def analysis_due(
     baseline then). A last analysis in the future (clock moved back) does not block.
     """
     c = state.canary
-    if c is None or not canary_ready or not policy.analysis_enabled or policy.full_scale(c.step):
+    if c is None or not canary_ready or not policy.gated(c.step) or policy.full_scale(c.step):
         return False
     last = analysis_time(c)
     if last is None or last > obs_now:
