@@ -12,6 +12,9 @@ PLURAL = "modeldeployments"
 LABEL_MD = "roost.dev/modeldeployment"
 LABEL_REVISION = "roost.dev/revision"
 LABEL_SERVING = "roost.dev/serving"
+TRAFFIC_CONDITION = "roost.dev/traffic"
+"""Pod readiness gate of serving pods: the operator sets this condition True when the pod's
+revision may take traffic, so a canary joins the Service only when the rollout says so."""
 
 REQUEST_KINDS = ("abort", "promote", "retry")
 """Manual requests, in the order they are acted on when several arrive at once."""

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,8 +27,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
+from roost_operator.api import TRAFFIC_CONDITION
 from roost_operator.builders import Manifest
 from roost_operator.planner import ChildKey, Plan
+from roost_operator.times import rfc3339_seconds
 
 FIELD_MANAGER = "roost"
 HASH_ANNOTATION = "roost.dev/applied-hash"
@@ -232,6 +235,33 @@ class Applier:
         self.writes += 1
         return result
 
+    async def open_traffic(self, namespace: str, pod: str, now: str) -> bool:
+        """Set a pod's ``roost.dev/traffic`` condition True (pods/status); gone is fine.
+
+        A strategic merge patch merges ``conditions`` by type, so the kubelet's own conditions
+        (Ready, ContainersReady) are left alone; the kubelet then turns Ready true.
+        """
+        condition = {
+            "type": TRAFFIC_CONDITION,
+            "status": "True",
+            "reason": "TrafficAllowed",
+            "message": "the rollout lets this revision take traffic",
+            "lastTransitionTime": now,
+        }
+        try:
+            await self.request(
+                "PATCH",
+                f"{collection_path('v1', 'Pod', namespace)}/{pod}/status",
+                {"status": {"conditions": [condition]}},
+                "application/strategic-merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        self.writes += 1
+        return True
+
     async def execute(
         self,
         namespace: str,
@@ -249,4 +279,7 @@ class Applier:
             )
         for key in plan.delete:
             await self.delete(namespace, key)
+        now = rfc3339_seconds(datetime.now(UTC))
+        for pod in plan.traffic:
+            await self.open_traffic(namespace, pod, now)
         return self.writes - before

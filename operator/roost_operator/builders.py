@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from roost_operator.api import API_VERSION, KIND, LABEL_MD, LABEL_REVISION, LABEL_SERVING
+from roost_operator.api import (
+    API_VERSION,
+    KIND,
+    LABEL_MD,
+    LABEL_REVISION,
+    LABEL_SERVING,
+    TRAFFIC_CONDITION,
+)
 from roost_operator.spec import HTTPRouteSpec, ModelDeploymentSpec
 
 RUN_AS = 10001  # the serving image's numeric user, so runAsNonRoot can be verified
@@ -214,6 +221,9 @@ def build_deployment(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
+                    # Ready only once the operator opens the gate: a canary joins the Service
+                    # after it passed validation (pods/status, roost_operator.applier).
+                    "readinessGates": [{"conditionType": TRAFFIC_CONDITION}],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
                 },
             },

@@ -252,10 +252,26 @@ class RevisionWindow:
         )
 
 
+ROOST_SOURCES = (("source", "validation"), ("source", "shadow"))
+
+
+def client_only(samples: Mapping[SeriesKey, float]) -> dict[SeriesKey, float]:
+    """``samples`` without roost's own requests (``source="validation"`` or ``"shadow"``).
+
+    Validation and warm-up requests and shadow copies are never user traffic: analysis leaves
+    them out.
+    """
+    return {k: v for k, v in samples.items() if not any(s in k[1] for s in ROOST_SOURCES)}
+
+
 def window_from_samples(
     deltas: Sequence[Mapping[SeriesKey, float]], gauges: Sequence[Mapping[SeriesKey, float]]
 ) -> RevisionWindow:
-    """Sum per-pod counter deltas and combine per-pod gauges into a `RevisionWindow`."""
+    """Sum per-pod counter deltas and combine per-pod gauges into a `RevisionWindow`.
+
+    Requests roost itself sent (``source="validation"``, ``"shadow"``) are left out.
+    """
+    deltas = [client_only(d) for d in deltas]
     buckets = add_maps(sum_by(d, DURATION_BUCKET, "le") for d in deltas)
     p99 = histogram_quantile(0.99, buckets)
     per_pod = [

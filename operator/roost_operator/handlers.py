@@ -199,7 +199,10 @@ def roost_pods(
             k: meta[k] for k in ("name", "uid", "labels", "deletionTimestamp") if k in meta
         },
         "spec": {
-            "containers": [{"ports": c.get("ports") or []} for c in body.spec.get("containers", [])]
+            "containers": [
+                {"ports": c.get("ports") or []} for c in body.spec.get("containers", [])
+            ],
+            "readinessGates": list(body.spec.get("readinessGates") or []),
         },
         "status": {
             k: body.status[k]

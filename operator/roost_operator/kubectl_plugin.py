@@ -26,6 +26,7 @@ from typing import Any
 from roost_operator.api import GROUP, PLURAL, REQUEST_KINDS, VERSION
 from roost_operator.timeline import get_path as _get
 from roost_operator.times import parse_time, utc
+from roost_operator.validation_view import validating, validation_lines
 
 
 def request_token(now: datetime | None = None) -> str:
@@ -58,6 +59,9 @@ def render_status(md: Mapping[str, Any]) -> str:
     steps = _get(spec, "rollout", "steps") or []
     stable, canary = status.get("stable") or {}, status.get("canary") or {}
     canary_weight = int(canary.get("weight") or 0) if canary.get("revision") else 0
+    held = validating(spec, canary)
+    if held:
+        canary_weight = 0  # held out of the Service until validated
     lines = [
         f"ModelDeployment {meta.get('namespace', '')}/{meta.get('name', '')}"
         f"   generation {meta.get('generation', '-')}"
@@ -84,6 +88,8 @@ def render_status(md: Mapping[str, Any]) -> str:
         step_text = "-" if step is None else f"{int(step) + 1}/{len(steps)}"
         if canary.get("promotion"):
             step_text = "promoting at full scale"
+        elif held:
+            step_text += " validating (no traffic)"
         elif canary.get("stepStartedAt"):
             step_text += f" since {canary['stepStartedAt']}"
         revisions.append(
@@ -118,6 +124,7 @@ def render_status(md: Mapping[str, Any]) -> str:
                 ],
             ),
         ]
+    lines += validation_lines(status, canary, held)
     analysis = canary.get("lastAnalysis")
     if canary.get("revision"):
         lines += [

@@ -27,7 +27,13 @@ from roost_operator.gates import AnalysisResult
 from roost_operator.pods import PodTarget, RevisionPods, summarise_pods
 from roost_operator.revision import compute_revision
 from roost_operator.rollout import Event
-from roost_operator.spec import AnalysisSpec, ModelDeploymentSpec, SpecError, parse_spec
+from roost_operator.spec import (
+    AnalysisSpec,
+    ModelDeploymentSpec,
+    SpecError,
+    ValidationSpec,
+    parse_spec,
+)
 
 # Requeue while pods are starting, in case an event is missed (kopf re-lists on reconnects).
 WAIT_REQUEUE_SECONDS = 30.0
@@ -67,6 +73,8 @@ class Plan:
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None
     spec_error: str | None = None
+    traffic: tuple[str, ...] = ()
+    """Pods whose ``roost.dev/traffic`` readiness gate the applier opens (pods/status)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,20 @@ class AnalysisRequest:
     """``status.canary.evidence``: the sequential tests continue from it."""
     shadow: bool = False
     """A shadow step: judge the stable pods' comparisons of copies, not canary traffic."""
+
+
+@dataclass(frozen=True)
+class ValidationRequest:
+    """Validation the handler must run before planning (`roost_operator.validator`)."""
+
+    model_name: str
+    canary_revision: str
+    stable_revision: str
+    canary_pods: tuple[PodTarget, ...]
+    stable_pods: tuple[PodTarget, ...]
+    validation: ValidationSpec
+    profile_uri: str | None
+    """The canary's reference profile: its sampled rows when there is no golden set."""
 
 
 def requests_of(annotations: Mapping[str, str]) -> dict[str, str]:
@@ -167,6 +189,32 @@ def analysis_request(
     )
 
 
+def validation_request(
+    md: ModelDeploymentObject, pods: Sequence[Mapping[str, Any]], now: datetime, image: str
+) -> ValidationRequest | None:
+    """The validation to run before `plan`, when the canary's containers are ready for it."""
+    try:
+        p = _prepare(md, pods, now, image)
+    except SpecError:
+        return None
+    validation = p.spec.rollout.validation
+    if p.state.canary is None or p.state.stable is None or validation is None:
+        return None
+    if not rollout.needs_validation(p.spec.rollout, p.state, p.obs):
+        return None
+    canary = p.summary.get(p.state.canary.revision, RevisionPods())
+    stable = p.summary.get(p.state.stable.revision, RevisionPods())
+    return ValidationRequest(
+        model_name=md.name,
+        canary_revision=p.state.canary.revision,
+        stable_revision=p.state.stable.revision,
+        canary_pods=canary.ready_pods,
+        stable_pods=stable.ready_pods,
+        validation=validation,
+        profile_uri=p.spec.model.profile_uri,
+    )
+
+
 def _invalid(md: ModelDeploymentObject, message: str, now: datetime) -> Plan:
     """A spec that cannot be served: keep every child as it is, say what to fix."""
     status = dict(md.status)
@@ -245,11 +293,13 @@ def plan(
     analysis: AnalysisResult | None,
     now: datetime,
     image: str,
+    validation: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Reconcile one ModelDeployment on paper.
 
     `observed` holds the children labelled `roost.dev/modeldeployment=<md>` (any kind), `pods`
-    the serving pods with that label, `image` the operator's default serving image.
+    the serving pods with that label, `image` the operator's default serving image,
+    `validation` the outcome of a `validation_request` run this tick.
     """
     try:
         p = _prepare(md, pods, now, image)
@@ -257,7 +307,8 @@ def plan(
         return _invalid(md, str(e), now)
     spec, image, revision, summary = p.spec, p.image, p.revision, p.summary
     owner = Owner(md.name, md.namespace, md.uid)
-    decision = rollout.decide(p.spec.rollout, p.state, replace(p.obs, analysis=analysis))
+    obs = replace(p.obs, analysis=analysis, validation=validation)
+    decision = rollout.decide(p.spec.rollout, p.state, obs)
     apply, scale, delete = _children(owner, spec, revision, image, decision, observed)
 
     new = decision.state
@@ -329,7 +380,12 @@ def plan(
     requeue = decision.requeue_after
     if progressing is not None and decision.progressing is None:
         requeue = min(requeue or WAIT_REQUEUE_SECONDS, WAIT_REQUEUE_SECONDS)
+    # Stable pods always take traffic; canary pods once the rollout allows it (validated).
+    traffic = list(stable_pods.gated)
+    if new.canary is not None and rollout.traffic_allowed(spec.rollout, new.canary):
+        traffic += canary_pods.gated
     return Plan(
+        traffic=tuple(traffic),
         apply=tuple(apply),
         scale=tuple(scale),
         delete=tuple(delete),

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from roost_operator.api import LABEL_REVISION
+from roost_operator.api import LABEL_REVISION, TRAFFIC_CONDITION
 
 # Waiting reasons that mean the pod will not become ready by itself.
 FAILING_REASONS = {
@@ -50,8 +50,13 @@ class RevisionPods:
 
     total: int = 0
     ready: int = 0
+    """Pods whose containers are ready (``ContainersReady``): they could serve. Whether they
+    take traffic is the ``roost.dev/traffic`` gate's business (`gated`)."""
     ready_pods: tuple[PodTarget, ...] = ()
     failure: str | None = None
+    gated: tuple[str, ...] = ()
+    """Pods with ready containers whose ``roost.dev/traffic`` readiness gate is not True yet:
+    the operator opens it once the revision may take traffic."""
 
 
 def _termination_reason(message: str) -> str:
@@ -86,11 +91,27 @@ def pod_failure(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
+def _condition(pod: Mapping[str, Any], kind: str) -> str | None:
     for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return bool(c.get("status") == "True")
-    return False
+        if c.get("type") == kind:
+            return str(c.get("status"))
+    return None
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Containers ready: Ready itself waits for the traffic gate, which waits for this."""
+    containers = _condition(pod, "ContainersReady")
+    if containers is not None:
+        return containers == "True"
+    return _condition(pod, "Ready") == "True"
+
+
+def _gate_closed(pod: Mapping[str, Any]) -> bool:
+    """The pod has the ``roost.dev/traffic`` readiness gate and it is not True."""
+    gates = (pod.get("spec") or {}).get("readinessGates") or []
+    if not any(g.get("conditionType") == TRAFFIC_CONDITION for g in gates):
+        return False  # a pod from before the gate: Ready alone decides, as it always did
+    return _condition(pod, TRAFFIC_CONDITION) != "True"
 
 
 def summarise_pods(pods: Sequence[Mapping[str, Any]], port: int) -> dict[str, RevisionPods]:
@@ -120,7 +141,8 @@ def summarise_pods(pods: Sequence[Mapping[str, Any]], port: int) -> dict[str, Re
         failure = None
         if failures and len(ready) < len(members):
             failure = failures[0]
-        out[rev] = RevisionPods(len(members), len(ready), refs, failure)
+        gated = tuple(str(p["metadata"]["name"]) for p in ready if _gate_closed(p))
+        out[rev] = RevisionPods(len(members), len(ready), refs, failure, gated)
     return out
 
 

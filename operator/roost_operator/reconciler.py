@@ -25,6 +25,7 @@ from roost_operator.registry_sync import Prepared
 from roost_operator.rollout import RolloutState
 from roost_operator.runtime_push import RuntimeContext
 from roost_operator.spec import parse_spec
+from roost_operator.validator import validate
 
 if TYPE_CHECKING:  # handlers imports this module: the type only, no import cycle at run time
     from roost_operator.handlers import Runtime
@@ -131,6 +132,7 @@ async def reconcile(
         status, resource_version = dict(cached[1]), cached[2]
     analysis: AnalysisResult | None = None
     analysed_over: Any = None
+    validation: dict[str, Any] | None = None
     for attempt in range(CONFLICT_RETRIES + 1):
         as_written = _md_object(obj, status)
         # A models:/ reference is planned as the version it resolves to (roost_operator.registry).
@@ -140,8 +142,10 @@ async def reconcile(
                 return await _publish(runtime, body, as_written, resource_version, prepared.plan)
             md = prepared.md
             if attempt == 0:
-                analysis = await _analyse(runtime, md, list(_values(pods_index, key)), logger)
+                pods = list(_values(pods_index, key))
+                analysis = await _analyse(runtime, md, pods, logger)
                 analysed_over = _last_analysis(status)
+                validation = await _validate(runtime, md, pods, logger)
             elif analysis is not None and _last_analysis(status) != analysed_over:
                 logger.info("a newer analysis is in status already; this one is dropped")
                 analysis = None
@@ -155,6 +159,7 @@ async def reconcile(
                 pods_index,
                 child_indexes,
                 logger,
+                validation,
             )
         except ApiException as e:
             if e.status != 409 or attempt == CONFLICT_RETRIES:
@@ -199,6 +204,24 @@ async def _analyse(
     return analysis
 
 
+async def _validate(
+    runtime: Runtime, md: ModelDeploymentObject, pods: list[Any], logger: kopf.Logger
+) -> dict[str, Any] | None:
+    """The canary's validation, when it is due (ready containers, no traffic yet), or None."""
+    request = planner.validation_request(md, pods, datetime.now(UTC), runtime.config.serving_image)
+    if request is None:
+        return None
+    outcome = await validate(request)
+    if outcome is not None:
+        logger.info("validation of %s %s: %s", request.canary_revision, *outcome_words(outcome))
+    return outcome
+
+
+def outcome_words(outcome: Mapping[str, Any]) -> tuple[str, str]:
+    """(result, message) of a validation record, for log lines."""
+    return str(outcome.get("result")), str(outcome.get("message"))
+
+
 async def _plan_and_apply(
     runtime: Runtime,
     body: kopf.Body,
@@ -209,6 +232,7 @@ async def _plan_and_apply(
     pods_index: kopf.Index[ChildIndexKey, dict[str, Any]],
     child_indexes: Iterable[kopf.Index[ChildIndexKey, dict[str, Any]]],
     logger: kopf.Logger,
+    validation: dict[str, Any] | None = None,
 ) -> planner.Plan:
     md = prepared.md
     key = (md.namespace, md.name)
@@ -217,7 +241,7 @@ async def _plan_and_apply(
         observed[ChildKey(route["apiVersion"], route["kind"], route["metadata"]["name"])] = route
     pods = list(_values(pods_index, key))
     now, image = datetime.now(UTC), runtime.config.serving_image
-    plan = planner.plan(md, observed, pods, analysis, now, image)
+    plan = planner.plan(md, observed, pods, analysis, now, image, validation)
     evidence = analysis.to_status() if analysis is not None else None
     fields = body.metadata.get("managedFields")
     # Audit facts in status, verdicts written back to the registry, audit events.

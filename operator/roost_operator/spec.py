@@ -27,6 +27,7 @@ from roost_operator.gatespec import (
     ShadowGate,
     parse_gates,
 )
+from roost_operator.validationspec import ValidationSpec, ValidationSpecError, parse_validation
 
 # Names the operator sets itself; a user value would silently break the pod (a wrong host,
 # a model the revision hash does not know about), so they are refused with a hint.
@@ -59,6 +60,7 @@ __all__ = [
     "OnInconclusive",
     "ShadowGate",
     "SpecError",
+    "ValidationSpec",
     "parse_duration",
     "parse_spec",
 ]
@@ -169,6 +171,8 @@ class RolloutPolicy:
 
     steps: tuple[Step, ...] = ()
     analysis: AnalysisSpec = AnalysisSpec()
+    validation: ValidationSpec | None = None
+    """`spec.rollout.validation`: checks before any traffic (None: the canary is not held)."""
 
     @property
     def interval_seconds(self) -> float:
@@ -401,6 +405,13 @@ def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
     )
 
 
+def _validation(raw: Any) -> ValidationSpec | None:
+    try:
+        return parse_validation(raw)
+    except ValidationSpecError as e:
+        raise SpecError(str(e)) from None
+
+
 def _http_route(raw: Mapping[str, Any] | None, key: str = "httpRoute") -> HTTPRouteSpec | None:
     route = (raw or {}).get(key)
     if not route:
@@ -432,7 +443,9 @@ def _rollout(raw: Mapping[str, Any]) -> RolloutPolicy:
     if any(s.shadow for s in steps) and analysis.gates.shadow is None:
         # A shadow step is always judged: without a gate in the spec, the default one.
         analysis = replace(analysis, gates=replace(analysis.gates, shadow=ShadowGate()))
-    return RolloutPolicy(steps=steps, analysis=analysis)
+    return RolloutPolicy(
+        steps=steps, analysis=analysis, validation=_validation(raw.get("validation"))
+    )
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:

@@ -15,8 +15,8 @@ fail or delay it: the client never waits on the queue, the canary or the compari
 
 Compared is the first non-float output (a classifier's label: rows disagree when labels
 differ), else the first output (a regressor: rows disagree when ``|stable - canary|`` exceeds
-``tolerance``). The canary counts copies apart from user traffic (``roost_shadow_served_total``,
-never ``roost_requests_total``), so its request metrics show zero exposure.
+``tolerance``). The canary counts copies apart from user traffic (``roost_requests_total`` with
+``source="shadow"``, which analysis leaves out), so its client requests show zero exposure.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def disagreements(own: np.ndarray, theirs: np.ndarray, tolerance: float) -> tupl
 
 
 class ShadowMetrics:
-    """The paired comparison's series (stable side) and the canary's count of copies served."""
+    """The paired comparison's series, on the stable pods."""
 
     def __init__(self, registry: CollectorRegistry, model: str, revision: str) -> None:
         """Register every series on ``registry``."""
@@ -171,20 +171,10 @@ class ShadowMetrics:
             ("model", "revision", "reason"),
             registry=registry,
         )
-        self.served = Counter(
-            "roost_shadow_served",
-            "Shadow copies this pod answered as a canary (never counted as user requests).",
-            ("model", "revision", "code"),
-            registry=registry,
-        )
 
     def drop(self, reason: str) -> None:
         """Count one copy not sent."""
         self.dropped.labels(*self._values, reason).inc()
-
-    def serve(self, code: int) -> None:
-        """Count one copy answered as a canary."""
-        self.served.labels(*self._values, str(code)).inc()
 
 
 class ShadowTee:

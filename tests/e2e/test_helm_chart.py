@@ -230,6 +230,7 @@ GRANTED = [
     ("patch", "modeldeployments.roost.dev"), ("patch", "modeldeployments.roost.dev/status"),
     ("create", "deployments.apps"), ("patch", "deployments.apps"), ("delete", "deployments.apps"),
     ("patch", "deployments.apps/scale"), ("list", "pods"), ("watch", "pods"),
+    ("patch", "pods/status"),
     ("create", "events"), ("patch", "services"), ("patch", "poddisruptionbudgets.policy"),
     ("patch", "horizontalpodautoscalers.autoscaling"), ("list", "customresourcedefinitions"),
     ("get", "modeldeployments.roost.dev"), ("create", "leases.coordination.k8s.io"),
@@ -237,7 +238,8 @@ GRANTED = [
 ]  # fmt: skip
 DENIED = [
     ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"),
-    ("delete", "pods"), ("update", "deployments.apps"), ("get", "deployments.apps"),
+    ("delete", "pods"), ("patch", "pods"), ("update", "deployments.apps"),
+    ("get", "deployments.apps"),
     ("delete", "modeldeployments.roost.dev"), ("create", "modeldeployments.roost.dev"),
     ("update", "modeldeployments.roost.dev/status"), ("list", "namespaces"),
     ("create", "roles.rbac.authorization.k8s.io"),

@@ -38,6 +38,11 @@ one row per rule naming the operation that needs it. */}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
+# The roost.dev/traffic readiness gate: a serving pod joins the Service when the operator sets
+# that condition (stable pods at once, a canary's once it passed spec.rollout.validation).
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
 # Events on ModelDeployments (rollout steps, promotions, rollbacks, kopf warnings).
 - apiGroups: [""]
   resources: ["events"]

@@ -48,7 +48,10 @@ from roost_operator.rollout.observations import (
     canary_ready,
     canary_target_replicas,
     needs_analysis,
+    needs_validation,
     replica_split,
+    traffic_allowed,
+    validation_pending,
 )
 from roost_operator.rollout.state import (
     HISTORY_LIMIT,
@@ -76,5 +79,8 @@ __all__ = [
     "describe_analysis",
     "describe_gate",
     "needs_analysis",
+    "needs_validation",
     "replica_split",
+    "traffic_allowed",
+    "validation_pending",
 ]

@@ -24,6 +24,7 @@ from roost_operator.rollout.observations import (
     canary_target_replicas,
     fresh_requests,
     replica_split,
+    validation_pending,
 )
 from roost_operator.rollout.state import (
     HISTORY_LIMIT,
@@ -323,6 +324,22 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
     if started:
         t.ready_pods = 0
     ready = t.ready_pods >= max(1, canary_target_replicas(policy, c, obs.total_replicas))
+    if validation_pending(policy, c):
+        if not started and ready and obs.validation is not None:
+            state = replace(state, canary=replace(c, validation=dict(obs.validation)))
+            message = str(obs.validation.get("message") or "")
+            if obs.validation.get("result") == "failed":
+                t.emit("Warning", "ValidationFailed", f"{c.revision}: {message}")
+                return t.roll_back(state, "RolledBack", f"validation: {message}")
+            t.emit("Normal", "ValidationPassed", f"{c.revision}: {message}")
+            c = state.canary
+            assert c is not None
+            # The step's pause starts with its first traffic, now.
+            state = replace(state, canary=replace(c, step_started_at=t.now))
+            c = state.canary
+            assert c is not None
+        else:
+            return _validating(t, state, ready)
     if ready and policy.full_scale(c.step):
         why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
         return t.steady(t.promote(state, f"ready at full scale ({why})"))
@@ -352,6 +369,26 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
         return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
     return _running(t, state)
+
+
+def _validating(t: _Tick, state: RolloutState, ready: bool) -> Decision:
+    """Held before any traffic until `spec.rollout.validation` has run on ready containers."""
+    policy, obs = t.policy, t.obs
+    c = state.canary
+    assert c is not None
+    # No traffic yet: the step's pause clock has not started.
+    state = replace(state, canary=replace(c, step_started_at=t.now))
+    target = max(1, canary_target_replicas(policy, c, obs.total_replicas))
+    if ready:
+        message = f"{at_step(policy, c)}: validating the canary before any traffic"
+        requeue = MIN_REQUEUE_SECONDS
+    else:
+        message = (
+            f"{at_step(policy, c)}: waiting for canary pods ({t.ready_pods}/{target} containers "
+            "ready) to validate them before any traffic"
+        )
+        requeue = READINESS_POLL_SECONDS
+    return t.decision(state, t.replicas(c, False), ("CanaryProgressing", message), requeue)
 
 
 def _deadline_over(policy: RolloutPolicy, c: CanaryState, now: datetime) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from roost_operator.api import REQUEST_KINDS, REQUEST_PREFIX
 from roost_operator.rollout.state import PROMOTED_BY_USER, CanaryState, RevisionRef, RolloutState
@@ -39,6 +39,8 @@ class Observations:
     """Request annotations, ``promote``/``abort``/``retry`` (``roost.dev/`` prefix optional)."""
     analysis: AnalysisResult | None
     now: datetime
+    validation: Mapping[str, Any] | None = None
+    """This tick's validation outcome (`roost_operator.validator`), when it was due."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ def analysis_due(
     c = state.canary
     if c is None or not canary_ready or not policy.gated(c.step) or policy.full_scale(c.step):
         return False
+    if not traffic_allowed(policy, c):
+        return False  # no traffic yet: nothing to analyse
     last = analysis_time(c)
     if last is None or last > obs_now:
         return True
@@ -151,3 +155,41 @@ def needs_analysis(policy: RolloutPolicy, state: RolloutState, obs: Observations
     if {"promote", "abort"} & fresh_requests(state, obs).keys():
         return False
     return analysis_due(policy, state, obs.now, canary_ready(policy, state, obs))
+
+
+def validation_pending(policy: RolloutPolicy, canary: CanaryState) -> bool:
+    """Whether the canary still has to pass `spec.rollout.validation` before any traffic.
+
+    A canary replacing the stable revision at full scale (no steps, or no ready stable pod to
+    compare with) is not validated: there is nothing to compare it against.
+    """
+    return (
+        policy.validation is not None
+        and canary.validation is None
+        and not policy.full_scale(canary.step)
+        and canary.promotion is None
+    )
+
+
+def traffic_allowed(policy: RolloutPolicy, canary: CanaryState) -> bool:
+    """Whether the canary's pods may take traffic (their ``roost.dev/traffic`` gate opens).
+
+    Never in a shadow step: the canary then answers only the stable pods' copies.
+    """
+    if validation_pending(policy, canary) or policy.shadow(canary.step):
+        return False
+    return (canary.validation or {}).get("result") != "failed"
+
+
+def needs_validation(policy: RolloutPolicy, state: RolloutState, obs: Observations) -> bool:
+    """Whether the handler must validate the canary now, before planning.
+
+    The canary's containers are ready for its first step, validation has not run, and nothing
+    (pause, failure, supersession, a manual request) is about to end or freeze it.
+    """
+    c = state.canary
+    if c is None or obs.paused or obs.canary_failure or c.revision != obs.desired.revision:
+        return False
+    if {"promote", "abort"} & fresh_requests(state, obs).keys():
+        return False
+    return validation_pending(policy, c) and canary_ready(policy, state, obs)

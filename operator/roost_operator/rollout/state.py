@@ -46,6 +46,9 @@ class CanaryState:
     evidence: dict[str, Any] | None = None
     """The sequential gates' accumulated evidence over the whole rollout
     (`roost_operator.verdicts`), so a restarted operator continues the same tests."""
+    validation: dict[str, Any] | None = None
+    """`status.canary.validation`: the checks before any traffic (``result`` passed/failed,
+    ``message``, ``checks``, ``time``); None while they have not run."""
     promotion: str | None = None
     """The reason it will be promoted with, set when it starts growing to full scale.
 
@@ -121,6 +124,9 @@ class RolloutState:
                 last_analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
                 evidence=dict(c["evidence"]) if isinstance(c.get("evidence"), Mapping) else None,
                 promotion=_text(c, "promotion") or None,
+                validation=dict(c["validation"])
+                if isinstance(c.get("validation"), Mapping)
+                else None,
             )
         history = []
         for h in status.get("history") or []:
@@ -162,6 +168,7 @@ class RolloutState:
                 "lastAnalysis": dict(c.last_analysis) if c.last_analysis is not None else None,
                 "evidence": dict(c.evidence) if c.evidence is not None else None,
                 "promotion": c.promotion,
+                "validation": dict(c.validation) if c.validation is not None else None,
             }
             if c
             else None,

@@ -272,3 +272,47 @@ def test_plot_ticks_tell_apart_a_two_minute_span() -> None:
         plt.close(fig)
     assert len(labels) >= 3
     assert len(set(labels)) == len(labels), labels
+
+
+def test_status_shows_validation_pending_passed_and_refused() -> None:
+    spec = {**MID_ROLLOUT["spec"], "rollout": {**MID_ROLLOUT["spec"]["rollout"], "validation": {}}}
+    canary = {**MID_ROLLOUT["status"]["canary"], "step": 0}
+    canary.pop("lastAnalysis", None)
+    pending = {**MID_ROLLOUT, "spec": spec, "status": {**MID_ROLLOUT["status"], "canary": canary}}
+    out = render_status(pending)
+    assert "Validation: pending; the canary takes no traffic until it passes" in out
+    assert "validating (no traffic)" in out
+    record = {
+        "result": "passed",
+        "message": "signature compatible; golden set: 40 rows, label agreement 100.0%",
+        "time": "2026-03-01T12:00:05Z",
+        "rows": 40,
+    }
+    passed = {
+        **pending,
+        "status": {**pending["status"], "canary": {**canary, "validation": record}},
+    }
+    assert (
+        "Validation 2026-03-01T12:00:05Z: passed: signature compatible; golden set: 40 rows, "
+        "label agreement 100.0% [rows 40]"
+    ) in render_status(passed)
+    refused_status = {
+        **MID_ROLLOUT["status"],
+        "canary": None,
+        "failedRevision": "9d8e7f6a5b",
+        "history": [
+            {
+                "revision": "9d8e7f6a5b",
+                "modelUri": "file:///models/bad/model.onnx",
+                "outcome": "RolledBack",
+                "reason": "validation: input X has 12 features, stable has 13",
+                "startedAt": "2026-03-01T12:00:00Z",
+                "finishedAt": "2026-03-01T12:00:04Z",
+            }
+        ],
+    }
+    out = render_status({**pending, "status": refused_status})
+    assert (
+        "Validation 2026-03-01T12:00:04Z: failed: revision 9d8e7f6a5b was refused before any "
+        "traffic (validation: input X has 12 features, stable has 13)"
+    ) in out

@@ -104,6 +104,7 @@ class Rollout:
         failure: str | None = None,
         requests: Mapping[str, str] | None = None,
         analysis: AnalysisResult | None = None,
+        validation: Mapping[str, object] | None = None,
     ) -> Observations:
         return Observations(
             desired=desired,
@@ -115,6 +116,7 @@ class Rollout:
             requests=requests or {},
             analysis=analysis,
             now=at(when),
+            validation=validation,
         )
 
     def tick(self, when: float, desired: RevisionRef = V2, **kw: object) -> Decision:

@@ -86,17 +86,16 @@ def test_a_one_class_canary_disagrees_and_serves_no_user_request(
     assert _value(stable, "roost_shadow_rows_total") == 60
     wrong = _value(stable, "roost_shadow_disagreements_total", kind="prediction")
     assert 10 < wrong < 60  # class 2 is right for some rows, wrong for most
-    # The canary answered 60 copies and no user request at all.
-    assert canary.metric("roost_shadow_served_total", model="wine", revision="c", code="200") == 60
+
+    # The canary answered 60 copies and no client request at all.
+    def requests(server: RunningServer, revision: str, source: str, code: str = "200") -> Any:
+        labels = {"protocol": "rest", "source": source, "code": code}
+        return server.metric("roost_requests_total", model="wine", revision=revision, **labels)
+
+    assert requests(canary, "c", "shadow") == 60
     for code in ("200", "400", "500"):
-        labels = {"model": "wine", "revision": "c", "protocol": "rest", "code": code}
-        assert canary.metric("roost_requests_total", **labels) == 0
-    assert (
-        stable.metric(
-            "roost_requests_total", model="wine", revision="s", protocol="rest", code="200"
-        )
-        == 60
-    )
+        assert requests(canary, "c", "client", code) == 0
+    assert requests(stable, "s", "client") == 60
     assert (
         stable.metric(
             "roost_shadow_canary_duration_seconds_count", model="wine", revision="s", canary="c"
