@@ -23,7 +23,7 @@ from typing import Any
 from roost_operator import sequential as sq
 from roost_operator.gates import AnalysisResult, SeriesKey, Verdict, sum_by
 from roost_operator.pods import RevisionPods
-from roost_operator.rollout import RolloutState
+from roost_operator.rollout import RolloutState, validation_pending
 from roost_operator.spec import AnalysisSpec, ModelDeploymentSpec, ShadowGate
 from roost_operator.verdicts import GateVerdict
 
@@ -43,6 +43,8 @@ def shadow_section(
     c, stable = state.canary, state.stable
     if c is None or stable is None or c.promotion is not None:
         return None
+    if validation_pending(spec.rollout, c):
+        return None  # copies only once the canary passed its checks before any traffic
     share = spec.rollout.shadow(c.step)
     ready = pods.get(c.revision, RevisionPods()).ready_pods
     if not share or not ready:

@@ -122,8 +122,10 @@ def analysis_due(
     c = state.canary
     if c is None or not canary_ready or not policy.gated(c.step) or policy.full_scale(c.step):
         return False
-    if not traffic_allowed(policy, c):
-        return False  # no traffic yet: nothing to analyse
+    if validation_pending(policy, c):
+        return False  # validated before anything else judges it
+    if not policy.shadow(c.step) and not traffic_allowed(policy, c):
+        return False  # no traffic yet (a shadow step has copies): nothing to analyse
     last = analysis_time(c)
     if last is None or last > obs_now:
         return True
