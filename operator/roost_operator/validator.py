@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 from roost_serving import validation as checks
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes
+from roost_serving.profile_sample import parse_sample
 from roost_serving.protocol import TensorSpec
 from roost_serving.tabular import ProfileError, read_table
 
@@ -153,11 +154,10 @@ def sample_rows(
     if profile_uri is None:
         return None, None, "no golden set and no profile"
     raw = orjson.loads(fetch_bytes(profile_uri, FETCH, "profile"))
-    sample = raw.get("sample") if isinstance(raw, dict) else None
-    if not sample:
+    sample = parse_sample(raw.get("sample") if isinstance(raw, dict) else None)
+    if sample is None or not sample.rows:
         return None, None, "no golden set, and the profile holds no sample rows"
-    rows = np.asarray(sample.get("rows") if isinstance(sample, dict) else sample, np.float64)
-    return rows[: spec.rows], None, "profile sample"
+    return np.asarray(sample.rows, np.float64)[: spec.rows], None, "profile sample"
 
 
 def _outcome(result: str, message: str, **details: Any) -> dict[str, Any]:

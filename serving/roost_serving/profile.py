@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from roost_serving.drift import histogram, quantile_edges
+from roost_serving.profile_sample import Sample, draw_sample, parse_sample
 from roost_serving.tabular import ProfileError, Table, as_table, read_table
 
 __all__ = [
@@ -172,6 +173,8 @@ class Profile:
     features: tuple[Feature, ...]
     prediction: Prediction | None = None
     version: int = field(default=PROFILE_VERSION)
+    sample: Sample | None = None
+    """Training rows for validation before traffic (`roost_serving.profile_sample`)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
@@ -191,7 +194,12 @@ class Profile:
             raise ProfileError("feature names must be unique")
         raw_pred = data.get("prediction")
         prediction = None if raw_pred is None else _prediction_from_dict(raw_pred)
-        return cls(rows=int(data.get("rows", 0)), features=features, prediction=prediction)
+        return cls(
+            rows=int(data.get("rows", 0)),
+            features=features,
+            prediction=prediction,
+            sample=parse_sample(data.get("sample")),
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Profile:
@@ -226,6 +234,8 @@ class Profile:
         out["features"] = [ordered(f, ("name", "input", "column", "kind")) for f in self.features]
         if self.prediction is not None:
             out["prediction"] = ordered(self.prediction, ("output", "kind"))
+        if self.sample is not None:
+            out["sample"] = self.sample.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -335,6 +345,7 @@ def build_profile(
     inputs = sess.get_inputs()
     features: list[Feature] = []
     feeds: dict[str, np.ndarray[Any, Any]] = {}
+    sample: Sample | None = None
 
     def add_feature(name: str, inp: str, col: int | None, values: Any, elem: str) -> None:
         if elem in _NUMERIC_ONNX and np.asarray(values).dtype.kind in "fiub":
@@ -359,6 +370,7 @@ def build_profile(
         try:
             matrix = np.column_stack([np.asarray(v) for v in table.values()])
             feeds[inp.name] = matrix.astype(_np_dtype(elem))
+            sample = draw_sample(inp.name, feeds[inp.name])
         except ValueError as exc:
             raise ProfileError(
                 f"cannot convert the data to {elem} for {inp.name!r}: {exc}"
@@ -381,7 +393,7 @@ def build_profile(
     prediction = _build_prediction(
         sess, feeds, n_rows, model_path, prediction_output, bins, batch_rows
     )
-    return Profile(rows=n_rows, features=tuple(features), prediction=prediction)
+    return Profile(rows=n_rows, features=tuple(features), prediction=prediction, sample=sample)
 
 
 def _build_prediction(

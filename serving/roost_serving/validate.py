@@ -2,7 +2,10 @@
 
     roost validate --candidate model.onnx --stable stable.onnx [--golden rows.csv]
                    [--expected-column target] [--min-agreement 0.95] [--max-abs-error E]
-                   [--allow-interface-change]
+                   [--allow-interface-change] [--profile profile.json]
+
+Without ``--golden``, ``--profile`` compares both models on the rows the reference profile
+sampled (``roost profile`` writes them), as the operator does in the cluster.
 
 Exit status 0 when the candidate may replace the stable model, 1 when a check failed (each
 failure printed as ``roost: validate: ...``), 2 on unreadable input. The comparisons are in
@@ -19,6 +22,7 @@ import numpy as np
 
 from roost_serving import validation
 from roost_serving.model import ModelLoadError, load_model
+from roost_serving.profile import Profile
 from roost_serving.tabular import ProfileError, read_table
 
 
@@ -31,6 +35,14 @@ def _golden_inputs(
         raise ProfileError(f"{path} has no column {expected_column!r}")
     columns = [np.asarray(v, dtype=np.float32) for k, v in table.items() if k not in exclude]
     return {input_name: np.stack(columns, axis=1)}, expected
+
+
+def _thresholds(args: argparse.Namespace) -> validation.GoldenThresholds:
+    return validation.GoldenThresholds(
+        min_agreement=args.min_agreement,
+        max_abs_error=args.max_abs_error,
+        min_accuracy=args.min_accuracy,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +63,21 @@ def run(args: argparse.Namespace) -> int:
     for note in sig.notes:
         print(f"roost: validate: note (interface change declared): {note}")
     failures = list(sig.problems)
+    if args.profile and not args.golden and sig.ok:
+        try:
+            sample = Profile.load(args.profile).sample
+        except ProfileError as e:
+            print(f"roost: error: {e}", file=sys.stderr)
+            return 2
+        if sample is None or not sample.rows:
+            print(f"roost: validate: {args.profile} holds no sample rows: answers not compared")
+        else:
+            feed = {sample.input: np.asarray(sample.rows, dtype=np.float32)}
+            report = validation.compare_outputs(
+                candidate.run(feed), stable.run(feed), None, _thresholds(args)
+            )
+            print(f"roost: validate: profile sample: {report.summary()}")
+            failures += [f"profile sample: {p}" for p in report.problems]
     if args.golden and sig.ok:
         if len(stable.inputs) != 1 or len(stable.inputs[0].shape) != 2:
             failures.append("--golden needs models with one 2-D input (rows x features)")
@@ -66,11 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 candidate.run(feed),
                 stable.run(feed),
                 expected,
-                validation.GoldenThresholds(
-                    min_agreement=args.min_agreement,
-                    max_abs_error=args.max_abs_error,
-                    min_accuracy=args.min_accuracy,
-                ),
+                _thresholds(args),
             )
             print(f"roost: validate: golden rows: {report.summary()}")
             failures += report.problems
@@ -94,6 +117,9 @@ def add_cli(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--stable", required=True, help="the model.onnx serving today (path or URI)")
     p.add_argument("--golden", help="golden rows: CSV with a header row, or .parquet")
     p.add_argument("--expected-column", help="golden column holding the expected label")
+    p.add_argument(
+        "--profile", help="without --golden: compare on the rows sampled into this profile"
+    )
     p.add_argument(
         "--exclude", action="append", default=[], metavar="COLUMN", help="non-feature column"
     )

@@ -35,6 +35,7 @@ from roost_operator.rollout.state import (
     RevisionRef,
     RolloutState,
 )
+from roost_operator.rollout.validating import validation_step
 from roost_operator.spec import RolloutPolicy
 
 if TYPE_CHECKING:
@@ -211,7 +212,8 @@ def _paused(t: _Tick, state: RolloutState) -> Decision:
         message = f"{at_step(t.policy, c)}: {c.promotion}; paused before promotion"
         return t.decision(state, _growing(t, c), ("Paused", message))
     if c is not None:
-        ready = canary_ready(t.policy, state, t.obs)
+        # A canary still to be validated takes no traffic, paused or not.
+        ready = canary_ready(t.policy, state, t.obs) and not validation_pending(t.policy, c)
         message = f"{at_step(t.policy, c)}: paused (spec.paused is true)"
         return t.decision(state, t.replicas(c, ready), ("Paused", message))
     if desired.revision not in (stable.revision, state.failed_revision):
@@ -325,21 +327,12 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         t.ready_pods = 0
     ready = t.ready_pods >= max(1, canary_target_replicas(policy, c, obs.total_replicas))
     if validation_pending(policy, c):
-        if not started and ready and obs.validation is not None:
-            state = replace(state, canary=replace(c, validation=dict(obs.validation)))
-            message = str(obs.validation.get("message") or "")
-            if obs.validation.get("result") == "failed":
-                t.emit("Warning", "ValidationFailed", f"{c.revision}: {message}")
-                return t.roll_back(state, "RolledBack", f"validation: {message}")
-            t.emit("Normal", "ValidationPassed", f"{c.revision}: {message}")
-            c = state.canary
-            assert c is not None
-            # The step's pause starts with its first traffic, now.
-            state = replace(state, canary=replace(c, step_started_at=t.now))
-            c = state.canary
-            assert c is not None
-        else:
-            return _validating(t, state, ready)
+        # A canary started this tick has no ready pods (`ready` is False): it waits.
+        state, held = validation_step(t, state, ready)
+        if held is not None:
+            return held
+        c = state.canary
+        assert c is not None
     if ready and policy.full_scale(c.step):
         why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
         return t.steady(t.promote(state, f"ready at full scale ({why})"))
@@ -369,26 +362,6 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
         reason = "Replacing" if policy.full_scale(c.step) else "CanaryProgressing"
         return t.decision(state, t.replicas(c, False), (reason, message), READINESS_POLL_SECONDS)
     return _running(t, state)
-
-
-def _validating(t: _Tick, state: RolloutState, ready: bool) -> Decision:
-    """Held before any traffic until `spec.rollout.validation` has run on ready containers."""
-    policy, obs = t.policy, t.obs
-    c = state.canary
-    assert c is not None
-    # No traffic yet: the step's pause clock has not started.
-    state = replace(state, canary=replace(c, step_started_at=t.now))
-    target = max(1, canary_target_replicas(policy, c, obs.total_replicas))
-    if ready:
-        message = f"{at_step(policy, c)}: validating the canary before any traffic"
-        requeue = MIN_REQUEUE_SECONDS
-    else:
-        message = (
-            f"{at_step(policy, c)}: waiting for canary pods ({t.ready_pods}/{target} containers "
-            "ready) to validate them before any traffic"
-        )
-        requeue = READINESS_POLL_SECONDS
-    return t.decision(state, t.replicas(c, False), ("CanaryProgressing", message), requeue)
 
 
 def _deadline_over(policy: RolloutPolicy, c: CanaryState, now: datetime) -> bool:

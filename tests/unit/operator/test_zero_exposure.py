@@ -136,3 +136,24 @@ class TestPlanner:
         )
         assert after.traffic == (f"wine-{canary}-3",)
         assert after.status["canary"]["validation"] == PASSED
+
+
+def test_a_paused_canary_awaiting_validation_gets_no_route_weight() -> None:
+    r = Rollout(VALIDATED)
+    r.tick(0)
+    d = r.tick(1, canary_ready=1, paused=True)
+    assert (d.canary_replicas, d.weight) == (1, 0)
+    assert not traffic_allowed(VALIDATED, r.canary)
+
+
+def test_analysis_leaves_validation_requests_out() -> None:
+    from roost_operator.gates import REQUESTS, series_key, window_from_samples
+
+    base = {"model": "wine", "revision": "c", "protocol": "rest"}
+    deltas = {
+        series_key(REQUESTS, {**base, "source": "client", "code": "200"}): 30.0,
+        series_key(REQUESTS, {**base, "source": "validation", "code": "200"}): 8.0,
+        series_key(REQUESTS, {**base, "source": "validation", "code": "400"}): 2.0,
+    }
+    window = window_from_samples([deltas], [{}])
+    assert window.requests == {"200": 30.0}

@@ -64,6 +64,27 @@ def test_wine_profile_describes_features_and_predictions(example_models: dict[st
     assert pred.classes == ("0", "1", "2")
     # The forest fits the wine classes; its predictions follow the class balance 59/71/48.
     assert pred.frequencies == pytest.approx((59 / 178, 71 / 178, 48 / 178), abs=0.02)
+    # 64 training rows for validation before traffic, as the model sees them (float32).
+    assert prof.sample is not None
+    assert prof.sample.input == "X"
+    assert len(prof.sample.rows) == 64
+    rows = np.asarray(prof.sample.rows)
+    training = data.data.astype(np.float32).astype(np.float64)
+    assert all((training == row).all(axis=1).any() for row in rows)
+    again = build_profile(
+        data.data, str(example_models["wine-v1"] / "model.onnx"), feature_names=data.feature_names
+    )
+    assert again.sample == prof.sample  # seeded: the same data gives the same profile
+    assert Profile.from_json(prof.to_json()) == prof
+
+
+def test_profiles_without_a_sample_still_load_and_bad_samples_are_refused() -> None:
+    old = {"version": 1, "rows": 3, "features": []}
+    assert Profile.from_dict(old).sample is None
+    with pytest.raises(ProfileError, match="rows of numbers of equal length"):
+        Profile.from_dict({**old, "sample": {"input": "X", "rows": [[1.0, 2.0], [3.0]]}})
+    with pytest.raises(ProfileError, match=r"profile\.sample must be"):
+        Profile.from_dict({**old, "sample": [[1.0]]})
 
 
 def test_classes_come_from_the_graph_even_when_never_predicted(

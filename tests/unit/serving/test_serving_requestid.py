@@ -162,6 +162,18 @@ def test_grpc_validation_source_is_labelled(forest: RunningServer) -> None:
     assert forest.metric("roost_requests_total", code="200", source="client", **base) == 0.0
 
 
+def test_generated_ids_are_uuid4_hex() -> None:
+    import uuid
+
+    from roost_serving.requestid import new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in list(ids)[:200]:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)
+
+
 def test_resolve_and_problem() -> None:
     assert resolve("a", "b") == "a"
     assert resolve(None, "b") == "b"
@@ -169,3 +181,21 @@ def test_resolve_and_problem() -> None:
     assert problem(" padded") is not None
     assert problem("ok id-1_2.3") is None
     assert np.all([problem(chr(c)) is not None for c in range(32)])
+
+
+def test_roost_serve_process_returns_and_logs_the_id(
+    serve_process: Any, serving_models: dict[str, Path]
+) -> None:
+    proc = serve_process(
+        {
+            "ROOST_MODEL": str(serving_models["forest"]),
+            "ROOST_NAME": "forest",
+            "ROOST_LOG_LEVEL": "debug",
+        }
+    )
+    response = httpx.post(proc.url + PATH, json=_body(), headers={"X-Request-Id": "proc-42"})
+    assert (response.status_code, response.headers["x-request-id"]) == (200, "proc-42")
+    assert response.json()["id"] == "proc-42"
+    proc.proc.terminate()
+    out, err = proc.proc.communicate(timeout=30)
+    assert "inference proc-42 (client) answered 200" in out + err

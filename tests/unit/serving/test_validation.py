@@ -114,3 +114,12 @@ def test_cli_on_example_models(
     assert run("--candidate", constant, "--golden", golden) == 1
     assert "agrees with the stable model on" in capsys.readouterr().err
     assert run("--candidate", str(tmp_path / "missing.onnx")) == 2
+    # Without a golden set: the rows `roost profile` sampled, as the operator sends them.
+    profile = str(example_models["wine-v2"] / "profile.json")
+    v2 = str(example_models["wine-v2"] / "model.onnx")
+    assert run("--candidate", v2, "--profile", profile) == 0
+    assert "profile sample: 64 rows, label agreement" in capsys.readouterr().out
+    assert run("--candidate", constant, "--profile", profile) == 1
+    assert "profile sample: the candidate agrees with the stable model on" in (
+        capsys.readouterr().err
+    )
