@@ -53,6 +53,9 @@ def describe_analysis(analysis: Mapping[str, Any], failures: int, limit: int) ->
     if verdict == "pass":
         shown = [describe_gate(g) for g in _gates(analysis) if g.get("name") != "minRequests"]
         detail = f" ({'; '.join(shown)})" if shown else ""
+        if any(g.get("name") == "shadowDisagreement" for g in _gates(analysis)):
+            # A shadow step: the canary served no client; its copies are what passed.
+            return f"{analysis.get('message') or 'shadow step passed'}{detail}"
         return f"analysis passed on {analysis.get('canaryRequests', 0)} canary requests{detail}"
     if verdict == "fail":
         failed_gates = _gates(analysis, "fail")
