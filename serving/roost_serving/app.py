@@ -186,6 +186,7 @@ class DataPlane:
         )
         batcher.start()
         self.model, self.monitor, self.batcher = model, monitor, batcher
+        self.shadow.batchable = model.batchable
         # Everything allocated so far (imports, app, model) lives as long as the process; moving
         # it out of the collector's generations keeps full collections, which otherwise walk
         # every one of those objects and stall the loop for milliseconds, short.
@@ -320,7 +321,9 @@ class DataPlane:
             request = done.request
             binary = header_length is not None or request.binary_default
             binary = binary or bool(request.binary_outputs)
-            self.shadow.offer(body, binary, done.request_id, done.outputs, request.outputs)
+            self.shadow.offer(
+                body, binary, done.request_id, request.inputs, done.outputs, request.outputs
+            )
         if offload:
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(

@@ -36,6 +36,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from roost_serving.metrics import LATENCY_BUCKETS
+from roost_serving.protocol import datatype_of
 
 log = logging.getLogger("roost.shadow")
 
@@ -45,6 +46,13 @@ QUEUE_SIZE = 512
 """Copies waiting for a worker; beyond, copies are dropped (counted), never the request."""
 WORKERS = 8
 """Copies in flight to the canary at once, per stable pod."""
+MAX_BATCH = 32
+"""Copies alike in their inputs that one request to the canary carries at most: a one-row copy
+costs the stable pod one HTTP exchange per copy otherwise (bench_shadow.py)."""
+MAX_BATCH_ROWS = 256
+BATCH_ROWS_PER_COPY = 8
+"""Copies of more rows go alone, as the client sent them: re-encoding them costs more than
+the HTTP exchange it would save."""
 DEFAULT_TIMEOUT = 2.0
 DIFF_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 _FLOAT_KINDS = "fc"
@@ -65,11 +73,55 @@ class ShadowTarget:
 class Copy:
     """One queued copy: what to send and the stable's own answer to compare with."""
 
-    body: bytes
+    body: bytes | None
+    """The client's JSON body as it came (None: binary tensor data; built from `inputs`)."""
+    inputs: dict[str, np.ndarray]
     request_id: str
     output: str
     own: np.ndarray
     canary: str
+
+    @property
+    def rows(self) -> int:
+        """Rows of the compared output (its first dimension)."""
+        return int(self.own.shape[0]) if self.own.ndim else 1
+
+    def signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """Input names, dtypes and row shapes: copies alike in these share one request."""
+        return tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(self.inputs.items()))
+
+
+def _json_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    data: Any = np.ascontiguousarray(array).ravel()
+    if array.dtype.kind in "OUS":
+        data = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in data]
+    return {"name": name, "datatype": datatype_of(array), "shape": list(array.shape), "data": data}
+
+
+def batch_body(batch: list[Copy], batch_id: str) -> bytes:
+    """One JSON request carrying every copy's rows, stacked in order."""
+    first = batch[0]
+    inputs = [
+        _json_tensor(name, np.concatenate([c.inputs[name] for c in batch]))
+        for name in sorted(first.inputs)
+    ]
+    document: dict[str, Any] = {"id": batch_id, "inputs": inputs}
+    wanted = {c.output for c in batch}
+    if len(wanted) == 1:
+        # Only the compared output: less for the canary to encode and for us to parse.
+        document["outputs"] = [{"name": first.output}]
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _rows_of(doc: dict[str, Any], copy: Copy, offset: int) -> np.ndarray | None:
+    """The canary's rows for `copy` (rows `offset`.. of its compared output), or None."""
+    try:
+        entry = next(o for o in doc["outputs"] if o.get("name") == copy.output)
+        answer = np.asarray(entry["data"]).reshape(entry["shape"])
+    except (KeyError, StopIteration, TypeError, ValueError, AttributeError):
+        return None
+    rows = answer[offset : offset + copy.rows] if answer.ndim else answer
+    return rows if rows.size == copy.own.size else None
 
 
 def parse_section(section: Any, revision: str) -> ShadowTarget | None:
@@ -167,7 +219,7 @@ class ShadowMetrics:
         )
         self.dropped = Counter(
             "roost_shadow_dropped",
-            "Shadow copies not sent, by reason (queue_full, binary: binary tensor data).",
+            "Shadow copies not sent, by reason (queue_full: the workers are behind).",
             ("model", "revision", "reason"),
             registry=registry,
         )
@@ -189,6 +241,9 @@ class ShadowTee:
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._next = 0
+        self.batchable = False
+        """Whether the model takes any number of rows (set once it is loaded): copies alike in
+        their inputs then go to the canary together, one request for up to `MAX_BATCH`."""
 
     def configure(self, section: dict[str, Any] | None) -> None:
         """The runtime ``shadow`` section changed (a subscriber of roost_serving.runtime)."""
@@ -211,6 +266,7 @@ class ShadowTee:
         body: bytes,
         binary: bool,
         request_id: str | None,
+        inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
         names: list[str] | None,
     ) -> None:
@@ -218,66 +274,101 @@ class ShadowTee:
         target = self.target
         if target is None or (target.share < 1.0 and random.random() >= target.share):
             return
-        if binary:
-            self.metrics.drop("binary")
-            return
         output = compared_output(outputs, names)
         if output is None:
             return
-        copy = Copy(body, request_id or uuid.uuid4().hex, output, outputs[output], target.canary)
+        copy = Copy(
+            None if binary else body,
+            inputs,
+            request_id or uuid.uuid4().hex,
+            output,
+            outputs[output],
+            target.canary,
+        )
         try:
             self._queue.put_nowait(copy)
         except asyncio.QueueFull:
             self.metrics.drop("queue_full")
 
+    def _more(self, first: Copy) -> tuple[list[Copy], Copy | None]:
+        """`first` and the queued copies alike to it (up to `MAX_BATCH`), and the first unlike."""
+        batch = [first]
+        if not self.batchable or first.rows > BATCH_ROWS_PER_COPY:
+            return batch, None
+        signature, rows = first.signature(), first.rows
+        while len(batch) < MAX_BATCH and rows < MAX_BATCH_ROWS:
+            try:
+                copy = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            alike = copy.canary == first.canary and copy.signature() == signature
+            if not alike or copy.rows > BATCH_ROWS_PER_COPY:
+                return batch, copy
+            batch.append(copy)
+            rows += copy.rows
+        return batch, None
+
     async def _work(self) -> None:
         while True:
-            copy = await self._queue.get()
-            try:
-                await self._send(copy)
-            except Exception:  # a comparison bug must not end the worker
-                log.exception("shadow copy failed")
+            batch, unlike = self._more(await self._queue.get())
+            for group in (batch, [unlike] if unlike is not None else []):
+                if not group:
+                    continue
+                try:
+                    await self._send(group)
+                except Exception:  # a comparison bug must not end the worker
+                    log.exception("shadow copy failed")
 
-    async def _send(self, copy: Copy) -> None:
+    async def _send(self, batch: list[Copy]) -> None:
         target = self.target
-        if target is None or target.canary != copy.canary:
-            return  # the shadow step ended while the copy waited
+        first = batch[0]
+        if target is None or target.canary != first.canary:
+            return  # the shadow step ended while the copies waited
         url = target.targets[self._next % len(target.targets)]
         self._next += 1
         m = self.metrics
-        labels = (self.model, self.revision, copy.canary)
-        rows = int(copy.own.shape[0]) if copy.own.ndim else 1
+        labels = (self.model, self.revision, first.canary)
+        # One copy goes as the client sent it, under its own request id; several go as one
+        # request whose answer rows are paired back to each copy's id in order.
+        body, request_id = first.body, first.request_id
+        if len(batch) > 1 or body is None:
+            request_id = first.request_id[:100] + (f"+{len(batch) - 1}" if len(batch) > 1 else "")
+            body = batch_body(batch, request_id)
+        started = time.perf_counter()
+        reason, doc = await self._post(url, body, request_id, target)
+        m.duration.labels(*labels).observe(time.perf_counter() - started)
+        offset = 0
+        for copy in batch:
+            m.rows.labels(*labels).inc(copy.rows)
+            theirs = _rows_of(doc, copy, offset) if doc is not None else None
+            offset += copy.rows
+            if theirs is None:
+                m.requests.labels(*labels, "error").inc()
+                m.errors.labels(*labels, reason or "unreadable").inc()
+                m.disagreements.labels(*labels, "error").inc(copy.rows)
+                continue
+            m.requests.labels(*labels, "compared").inc()
+            differ, diff = disagreements(copy.own, theirs, target.tolerance)
+            if differ:
+                m.disagreements.labels(*labels, "prediction").inc(differ)
+            histogram = m.difference.labels(*labels)
+            for value in diff:
+                histogram.observe(float(value))
+
+    async def _post(
+        self, url: str, body: bytes, request_id: str, target: ShadowTarget
+    ) -> tuple[str, dict[str, Any] | None]:
+        """(error reason, None) or ("", the canary's answer) for the copy sent as `request_id`."""
+        path = f"{url}/v2/models/{self.model}/infer"
         headers = {
             "Content-Type": "application/json",
             SOURCE_HEADER: SOURCE_SHADOW,
-            "X-Request-Id": copy.request_id,
+            "X-Request-Id": request_id,
         }
-        started = time.perf_counter()
-        reason, theirs = await self._post(url, copy, headers, target)
-        m.duration.labels(*labels).observe(time.perf_counter() - started)
-        m.rows.labels(*labels).inc(rows)
-        if theirs is None:
-            m.requests.labels(*labels, "error").inc()
-            m.errors.labels(*labels, reason).inc()
-            m.disagreements.labels(*labels, "error").inc(rows)
-            return
-        m.requests.labels(*labels, "compared").inc()
-        differ, diff = disagreements(copy.own, theirs, target.tolerance)
-        if differ:
-            m.disagreements.labels(*labels, "prediction").inc(differ)
-        histogram = m.difference.labels(*labels)
-        for value in diff:
-            histogram.observe(float(value))
-
-    async def _post(
-        self, url: str, copy: Copy, headers: dict[str, str], target: ShadowTarget
-    ) -> tuple[str, np.ndarray | None]:
-        """(error reason, None) or ("", the canary's compared output)."""
-        path = f"{url}/v2/models/{self.model}/infer"
         try:
             async with self._client().post(
                 path,
-                data=copy.body,
+                data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=target.timeout),
             ) as response:
@@ -291,17 +382,14 @@ class ShadowTee:
             return "connection", None
         try:
             doc = orjson.loads(raw)
-            answered_id = doc.get("id", answered_id)
-            # Paired by request id: an answer to another request is no comparison.
-            if answered_id is not None and answered_id != copy.request_id:
-                return "id_mismatch", None
-            entry = next(o for o in doc["outputs"] if o.get("name") == copy.output)
-            theirs = np.asarray(entry["data"]).reshape(entry["shape"])
-        except (orjson.JSONDecodeError, KeyError, StopIteration, TypeError, ValueError):
+        except orjson.JSONDecodeError:
             return "unreadable", None
-        if theirs.size != copy.own.size:
-            return "shape", None
-        return "", theirs
+        if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+            return "unreadable", None
+        # Paired by request id: an answer to another request is no comparison.
+        if doc.get("id", answered_id) not in (None, request_id):
+            return "id_mismatch", None
+        return "", doc
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

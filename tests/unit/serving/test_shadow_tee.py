@@ -173,20 +173,17 @@ def test_a_hung_canary_fills_the_queue_and_copies_are_dropped_not_waited_for(
     assert dropped == 560 - 512 - 8
 
 
-def test_binary_requests_are_not_copied(wine: Any, example_models: dict[str, Path]) -> None:
-    stable, canary = wine("wine-v1", "s"), wine("wine-v1", "c")
+def test_binary_requests_are_copied_as_json_and_compared(
+    wine: Any, example_models: dict[str, Path]
+) -> None:
+    stable, canary = wine("wine-v1", "s"), wine("wine-constant", "c")
     _shadow(stable, [canary.url])
     row = np.asarray(_rows(example_models)[0], dtype=np.float32)
+    tensor = {"name": "X", "shape": [1, 13], "datatype": "FP32"}
     header = json.dumps(
         {
-            "inputs": [
-                {
-                    "name": "X",
-                    "shape": [1, 13],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 52},
-                }
-            ]
+            "inputs": [{**tensor, "parameters": {"binary_data_size": 52}}],
+            "parameters": {"binary_data_output": True},
         }
     ).encode()
     r = httpx.post(
@@ -195,10 +192,42 @@ def test_binary_requests_are_not_copied(wine: Any, example_models: dict[str, Pat
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
     assert r.status_code == 200
-    assert (
-        stable.metric("roost_shadow_dropped_total", model="wine", revision="s", reason="binary")
-        == 1
-    )
+    _wait(lambda: _value(stable, "roost_shadow_requests_total", outcome="compared") == 1)
+    assert _value(stable, "roost_shadow_rows_total") == 1
+
+
+def test_copies_alike_share_one_request_and_pair_back_in_order(
+    wine: Any, example_models: dict[str, Path]
+) -> None:
+    """Copies queued faster than the canary answers go together; every one is compared."""
+    stable, canary = wine("wine-v1", "s"), wine("wine-constant", "c")
+    _shadow(stable, [canary.url])
+    rows = _rows(example_models)
+    n = 400
+
+    def client(start: int) -> None:
+        _infer(stable.url, rows[start:] + rows[:start], n // 8)
+
+    threads = [threading.Thread(target=client, args=(i * 7,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _wait(lambda: _value(stable, "roost_shadow_requests_total", outcome="compared") == n)
+    # Exactly as many disagreements as the two models' labels differ on these rows.
+    plane_v1, plane_c = stable.plane.model, canary.plane.model
+    assert plane_v1 is not None
+    assert plane_c is not None
+    sent = [rows[(i * 7 + k) % len(rows)] for i in range(8) for k in range(n // 8)]
+    x = np.asarray(sent, dtype=np.float32)
+    expected = int((plane_v1.run({"X": x})["label"] != plane_c.run({"X": x})["label"]).sum())
+    assert _value(stable, "roost_shadow_disagreements_total", kind="prediction") == expected
+    assert _value(stable, "roost_shadow_disagreements_total", kind="error") == 0
+    # Fewer requests reached the canary than copies were compared: copies were batched.
+    labels = {"model": "wine", "revision": "c", "protocol": "rest", "source": "shadow"}
+    served = canary.metric("roost_requests_total", code="200", **labels)
+    assert served is not None
+    assert 0 < served <= n
 
 
 def test_a_section_for_another_revision_leaves_the_pod_alone() -> None:
