@@ -22,11 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e.operator_fixtures import operator_process
 from e2e.test_canary_scenarios import Rollout, rollout
 from e2e.test_zero_exposure import CanaryScrapes, _metrics_url, _requests_by_source
 from roost_devcluster import modeldeployments as mds
 
-__all__ = ["rollout"]
+__all__ = ["operator_process", "rollout"]
 
 pytestmark = pytest.mark.e2e
 
