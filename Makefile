@@ -69,6 +69,8 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/profile_serving.py
 	$(BIN)/python benchmarks/bench_drift.py
 	$(BIN)/python benchmarks/bench_gates.py
+	$(BIN)/python benchmarks/bench_shadow_gate.py
+	$(BIN)/python benchmarks/bench_shadow.py
 
 # Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
 images:

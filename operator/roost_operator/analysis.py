@@ -33,6 +33,7 @@ from roost_operator.gates import (
     window_from_samples,
 )
 from roost_operator.pods import PodTarget
+from roost_operator.shadow import judge_shadow, prometheus_shadow_counts, shadow_counts
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import parse_time, rfc3339_seconds
 
@@ -53,8 +54,13 @@ class AnalysisSource(Protocol):
         spec: AnalysisSpec,
         evidence: Mapping[str, Any] | None,
         now: datetime,
+        shadow: bool = False,
     ) -> AnalysisResult:
-        """Add the last interval to `evidence` (``status.canary.evidence``) and judge."""
+        """Add the last interval to `evidence` (``status.canary.evidence``) and judge.
+
+        `shadow`: the canary is in a shadow step; only the stable pods' paired comparisons of
+        copies are judged (`roost_operator.shadow`), since the canary serves no client.
+        """
         ...
 
     async def close(self) -> None:
@@ -119,6 +125,7 @@ class PodsSource:
         spec: AnalysisSpec,
         evidence: Mapping[str, Any] | None,
         now: datetime,
+        shadow: bool = False,
     ) -> AnalysisResult:
         """Scrape every pod once, compare with the previous scrape and evaluate the gates."""
         pods = [*canary_pods, *stable_pods]
@@ -157,6 +164,13 @@ class PodsSource:
         for key in [k for k in self._previous if k[:2] == (namespace, name) and k[2] not in alive]:
             del self._previous[key]
 
+        if shadow:
+            copies = [deltas[p.uid] for p in stable_pods if p.uid in deltas]
+            if not copies:
+                reason = "collecting baseline (first scrape of the stable pods)"
+                return inconclusive(now, "; ".join([reason, *notes]))
+            counts = shadow_counts(copies, canary_revision)
+            return judge_shadow(spec, evidence, counts, now, notes)
         canary_deltas = [deltas[p.uid] for p in canary_pods if p.uid in deltas]
         if not canary_deltas:
             reason = (
@@ -240,8 +254,8 @@ class PrometheusSource:
             f'revision="{_escape(revision)}"'
         )
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
-        # Request counts and latency: user traffic only, never the operator's validation.
-        client = f'{sel},source!="validation"'
+        # Request counts and latency: user traffic only, never roost's validation or copies.
+        client = f'{sel},source!~"validation|shadow"'
         requests, buckets, predictions, psi, rows, bins, reference = await asyncio.gather(
             self.query(f"sum by (code) (increase(roost_requests_total{{{client}}}[{w}]))", at),
             self.query(
@@ -293,6 +307,7 @@ class PrometheusSource:
         spec: AnalysisSpec,
         evidence: Mapping[str, Any] | None,
         now: datetime,
+        shadow: bool = False,
     ) -> AnalysisResult:
         """Query both revisions over the same interval and evaluate the gates.
 
@@ -311,6 +326,18 @@ class PrometheusSource:
             return inconclusive(
                 now, f"waiting for {self.min_window_seconds:g}s of scrapes since the last interval"
             )
+        if shadow:
+            try:
+                window = f"{math.ceil(max(span, self.min_window_seconds))}s"
+                selector = f'namespace="{_escape(namespace)}",model="{_escape(name)}"'
+                counts = await prometheus_shadow_counts(
+                    self.query, selector, stable_revision, canary_revision, window, now
+                )
+            except PrometheusError as e:
+                return inconclusive(now, f"prometheus at {self.url}: {e}")
+            judged = judge_shadow(spec, evidence, counts, now)
+            assert judged.evidence is not None
+            return replace(judged, evidence={**judged.evidence, "until": rfc3339_seconds(now)})
         try:
             canary, stable = await asyncio.gather(
                 self.revision_window(namespace, name, canary_revision, span, now),

@@ -252,12 +252,16 @@ class RevisionWindow:
         )
 
 
-def client_only(samples: Mapping[SeriesKey, float]) -> dict[SeriesKey, float]:
-    """``samples`` without the operator's own validation requests (``source="validation"``).
+ROOST_SOURCES = (("source", "validation"), ("source", "shadow"))
 
-    Validation and warm-up requests are never user traffic: analysis leaves them out.
+
+def client_only(samples: Mapping[SeriesKey, float]) -> dict[SeriesKey, float]:
+    """``samples`` without roost's own requests (``source="validation"`` or ``"shadow"``).
+
+    Validation and warm-up requests and shadow copies are never user traffic: analysis leaves
+    them out.
     """
-    return {k: v for k, v in samples.items() if ("source", "validation") not in k[1]}
+    return {k: v for k, v in samples.items() if not any(s in k[1] for s in ROOST_SOURCES)}
 
 
 def window_from_samples(
@@ -265,7 +269,7 @@ def window_from_samples(
 ) -> RevisionWindow:
     """Sum per-pod counter deltas and combine per-pod gauges into a `RevisionWindow`.
 
-    Requests the operator itself sent (``source="validation"``) are left out.
+    Requests roost itself sent (``source="validation"``, ``"shadow"``) are left out.
     """
     deltas = [client_only(d) for d in deltas]
     buckets = add_maps(sum_by(d, DURATION_BUCKET, "le") for d in deltas)

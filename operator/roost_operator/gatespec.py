@@ -72,6 +72,22 @@ class DriftGate:
 
 
 @dataclass(frozen=True)
+class ShadowGate:
+    """`gates.shadowDisagreement`: the canary's paired disagreement rate in a shadow step.
+
+    Judged only during shadow steps, on the stable pods' comparisons of the same requests
+    (docs/analysis.md, "Shadow step"); implied with its defaults by any shadow step.
+    """
+
+    max_rate: float = 0.05
+    """Largest tolerated share of compared rows that disagree (another label; a regressor's
+    output beyond `tolerance`; no usable answer)."""
+    tolerance: float = 0.0
+    """Regressors: the largest |stable - canary| that still agrees."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
 class GatesSpec:
     """`spec.rollout.analysis.gates`; a None gate is switched off."""
 
@@ -79,10 +95,12 @@ class GatesSpec:
     latency: LatencyGate | None = None
     divergence: DivergenceGate | None = None
     drift: DriftGate | None = None
+    shadow: ShadowGate | None = None
+    """Judged in shadow steps only; not one of the traffic gates `any` asks about."""
 
     @property
     def any(self) -> bool:
-        """Whether any gate is configured."""
+        """Whether any traffic gate (judging weighted steps) is configured."""
         return any(
             g is not None for g in (self.error_rate, self.latency, self.divergence, self.drift)
         )
@@ -91,7 +109,7 @@ class GatesSpec:
         """How many gates spend `alpha` (observe-mode gates spend none)."""
         # A latency gate with only the maxP99Seconds point check runs no sequential test.
         latency = self.latency if self.latency and self.latency.max_ratio is not None else None
-        gates = (self.error_rate, latency, self.divergence, self.drift)
+        gates = (self.error_rate, latency, self.divergence, self.drift, self.shadow)
         return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 
@@ -167,5 +185,14 @@ def parse_gates(raw: Any) -> GatesSpec:
             max_psi=_number(dr, "maxPSI", w, 0, 1e6),
             min_rows=_count(dr, "minRows", w, DEFAULT_MIN_DRIFT_ROWS),
             mode=_mode(dr, w),
+        )
+    if isinstance(sh := gates.get("shadowDisagreement"), Mapping):
+        w = f"{where}.shadowDisagreement"
+        rate = _number(sh, "maxRate", w, 0, 1)
+        tolerance = _number(sh, "tolerance", w, 0, 1e12)
+        out["shadow"] = ShadowGate(
+            max_rate=0.05 if rate is None else rate,
+            tolerance=0.0 if tolerance is None else tolerance,
+            mode=_mode(sh, w),
         )
     return GatesSpec(**out)

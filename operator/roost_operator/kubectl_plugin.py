@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from roost_operator.api import GROUP, PLURAL, REQUEST_KINDS, VERSION
+from roost_operator.shadow_view import shadow_lines, shadow_share
 from roost_operator.timeline import get_path as _get
 from roost_operator.times import parse_time, utc
 from roost_operator.validation_view import validating, validation_lines
@@ -90,6 +91,8 @@ def render_status(md: Mapping[str, Any]) -> str:
             step_text = "promoting at full scale"
         elif held:
             step_text += " validating (no traffic)"
+        elif shadow_share(spec, step):
+            step_text += f" shadow {shadow_share(spec, step)}% (copies only)"
         elif canary.get("stepStartedAt"):
             step_text += f" since {canary['stepStartedAt']}"
         revisions.append(
@@ -125,6 +128,7 @@ def render_status(md: Mapping[str, Any]) -> str:
             ),
         ]
     lines += validation_lines(status, canary, held)
+    lines += shadow_lines(spec, status)
     analysis = canary.get("lastAnalysis")
     if canary.get("revision"):
         lines += [

@@ -89,6 +89,8 @@ class AnalysisRequest:
     """`spec.rollout.analysis`: the source, the window (its interval) and the gates."""
     evidence: Mapping[str, Any] | None
     """``status.canary.evidence``: the sequential tests continue from it."""
+    shadow: bool = False
+    """A shadow step: judge the stable pods' comparisons of copies, not canary traffic."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def analysis_request(
         stable_pods=stable.ready_pods,
         analysis=p.spec.rollout.analysis,
         evidence=p.state.canary.evidence,
+        shadow=p.spec.rollout.shadow(p.state.canary.step) > 0,
     )
 
 

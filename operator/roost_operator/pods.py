@@ -33,10 +33,15 @@ class PodTarget:
     port: int = 8080
 
     @property
+    def url(self) -> str:
+        """`http://<podIP>:<port>`."""
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}"
+
+    @property
     def metrics_url(self) -> str:
         """`http://<podIP>:<port>/metrics`."""
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"http://{host}:{self.port}/metrics"
+        return f"{self.url}/metrics"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from roost_operator import times
@@ -24,6 +24,7 @@ from roost_operator.gatespec import (
     GatesSpec,
     LatencyGate,
     OnInconclusive,
+    ShadowGate,
     parse_gates,
 )
 from roost_operator.validationspec import ValidationSpec, ValidationSpecError, parse_validation
@@ -61,6 +62,7 @@ __all__ = [
     "LatencyGate",
     "ModelDeploymentSpec",
     "OnInconclusive",
+    "ShadowGate",
     "SpecError",
     "ValidationSpec",
     "parse_duration",
@@ -150,10 +152,15 @@ class AutoscalingSpec:
 
 @dataclass(frozen=True)
 class Step:
-    """One canary step: the traffic weight (1..100) held for at least `pause_seconds`."""
+    """One canary step: the traffic weight (1..100) held for at least `pause_seconds`.
+
+    A shadow step (`shadow` > 0) carries no weight: the canary serves no client, and the stable
+    pods copy `shadow` percent of their requests to it and compare the answers.
+    """
 
     weight: int
     pause_seconds: float
+    shadow: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,8 +223,17 @@ class RolloutPolicy:
         return step >= len(self.steps)
 
     def weight(self, step: int) -> int:
-        """Canary traffic weight of a step (100 past the last one)."""
+        """Canary traffic weight of a step (100 past the last one; 0 in a shadow step)."""
         return self.steps[step].weight if step < len(self.steps) else 100
+
+    def shadow(self, step: int) -> int:
+        """Percent of requests copied to the canary in a shadow step; 0 in any other step."""
+        return self.steps[step].shadow if step < len(self.steps) else 0
+
+    def gated(self, step: int) -> bool:
+        """Whether the step needs a passing analysis: a shadow step is judged by the shadow
+        gate (always present with shadow steps), any other step by the traffic gates."""
+        return self.shadow(step) > 0 or self.analysis_enabled
 
     def pause_seconds(self, step: int) -> float:
         """How long a step holds once its pods are ready (0 past the last one)."""
@@ -351,13 +367,31 @@ def _autoscaling(raw: Mapping[str, Any] | None) -> AutoscalingSpec | None:
 def _steps(raw: Any) -> tuple[Step, ...]:
     steps: list[Step] = []
     for i, item in enumerate(raw or []):
-        weight = _int(item.get("weight"), f"spec.rollout.steps[{i}].weight", 0, 1)
+        where = f"spec.rollout.steps[{i}]"
+        pause = item.get("pause")
+        seconds = parse_duration(pause, f"{where}.pause") if pause else 0.0
+        if item.get("shadow") is not None:
+            if item.get("weight") is not None:
+                raise SpecError(
+                    f"{where} has both weight and shadow; a shadow step carries no weight"
+                )
+            shadow = _int(item.get("shadow"), f"{where}.shadow", 0, 1)
+            if shadow > 100:
+                raise SpecError(f"{where}.shadow must be between 1 and 100 (percent copied)")
+            if steps and steps[-1].shadow == 0:
+                raise SpecError(
+                    f"{where}: shadow steps come before the weighted steps (the canary gets no "
+                    "client traffic until they pass)"
+                )
+            steps.append(Step(weight=0, pause_seconds=seconds, shadow=shadow))
+            continue
+        if item.get("weight") is None:
+            raise SpecError(f"{where} needs a weight (1..100) or a shadow share (1..100)")
+        weight = _int(item.get("weight"), f"{where}.weight", 0, 1)
         if weight > 100:
-            raise SpecError(f"spec.rollout.steps[{i}].weight must be between 1 and 100")
+            raise SpecError(f"{where}.weight must be between 1 and 100")
         if steps and weight <= steps[-1].weight:
             raise SpecError("spec.rollout.steps weights must be strictly increasing")
-        pause = item.get("pause")
-        seconds = parse_duration(pause, f"spec.rollout.steps[{i}].pause") if pause else 0.0
         steps.append(Step(weight=weight, pause_seconds=seconds))
     return tuple(steps)
 
@@ -446,9 +480,19 @@ def _quantities(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
 
 
+def _rollout(raw: Mapping[str, Any]) -> RolloutPolicy:
+    steps = _steps(raw.get("steps"))
+    analysis = _analysis(raw.get("analysis") or {})
+    if any(s.shadow for s in steps) and analysis.gates.shadow is None:
+        # A shadow step is always judged: without a gate in the spec, the default one.
+        analysis = replace(analysis, gates=replace(analysis.gates, shadow=ShadowGate()))
+    return RolloutPolicy(
+        steps=steps, analysis=analysis, validation=_validation(raw.get("validation"))
+    )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
     """Parse `spec` (as the API server returns it) or raise `SpecError` saying what to fix."""
-    rollout = raw.get("rollout") or {}
     resources = raw.get("resources") or {}
     return ModelDeploymentSpec(
         model=_model(raw.get("model") or {}),
@@ -457,11 +501,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelDeploymentSpec:
         limits=_quantities(resources.get("limits"), "spec.resources.limits"),
         server=_server(raw.get("server") or {}),
         autoscaling=_autoscaling(raw.get("autoscaling")),
-        rollout=RolloutPolicy(
-            steps=_steps(rollout.get("steps")),
-            analysis=_analysis(rollout.get("analysis") or {}),
-            validation=_validation(rollout.get("validation")),
-        ),
+        rollout=_rollout(raw.get("rollout") or {}),
         http_route=_http_route(raw.get("traffic")),
         grpc_route=_http_route(raw.get("traffic"), "grpcRoute"),
         paused=bool(raw.get("paused", False)),

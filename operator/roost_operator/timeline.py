@@ -30,6 +30,7 @@ PANELS: tuple[tuple[str, str, float, str], ...] = (
     ("latency", "share above ratio x stable's quantile, canary minus stable", 100.0, "pp"),
     ("drift", "input bin share minus profile's (largest change)", 100.0, "pp"),
     ("divergence", "prediction bin share, canary minus stable (largest change)", 100.0, "pp"),
+    ("shadowDisagreement", "shadow step: rows where the canary's answer differs", 100.0, "%"),
 )
 TWO_SIDED = {"drift", "divergence"}
 OUTCOME_COLOURS = {"Promoted": "#2a9d4b", "RolledBack": "#d62728", "Aborted": "#ff7f0e"}
@@ -64,11 +65,16 @@ def sample(
         for g in analysis.get("gates") or []
         if isinstance(g, Mapping) and "name" in g
     }
+    steps = get_path(md, "spec", "rollout", "steps") or []
+    step = canary.get("step")
+    current = steps[step] if isinstance(step, int) and 0 <= step < len(steps) else {}
+    shadow = current.get("shadow") if isinstance(current, Mapping) and canary else None
     return {
         "time": now.astimezone(UTC).isoformat(),
         "stable": get_path(status, "stable", "revision"),
         "canary": canary.get("revision"),
         "weight": int(canary.get("weight") or 0),
+        "shadow": int(shadow) if isinstance(shadow, int) else 0,
         "step": canary.get("step"),
         "analysisTime": analysis.get("time"),
         "verdict": analysis.get("verdict"),
@@ -151,6 +157,28 @@ def _series(
     return times, values
 
 
+def _mark_shadow(
+    axes: Any, times: Sequence[datetime], samples: Sequence[Mapping[str, Any]]
+) -> None:
+    """Shade the shadow step's span on every panel: copies only, no client traffic."""
+    labelled = False
+    start: datetime | None = None
+    for i, s in enumerate(samples):
+        on = bool(s.get("shadow"))
+        if on and start is None:
+            start = times[i]
+        last = i == len(samples) - 1
+        if start is not None and (not on or last):
+            for ax in axes:
+                ax.axvspan(start, times[i], color="#9467bd", alpha=0.12, linewidth=0)
+            if not labelled:
+                axes[0].annotate(
+                    "shadow (copies only)", (start, 95), fontsize=7, color="#9467bd", va="top"
+                )
+                labelled = True
+            start = None
+
+
 def plot(samples: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") -> None:
     """Draw the timeline: weight and traffic on top, one panel per gate below."""
     if not samples:
@@ -167,6 +195,7 @@ def plot(samples: Sequence[Mapping[str, Any]], out: Path, *, title: str = "") ->
         ax.step(times, [s["weight"] for s in samples], where="post", color="#1f77b4")
         ax.set_ylabel("canary weight %")
         ax.set_ylim(-5, 105)
+        _mark_shadow(axes, times, samples)
         ax.set_title(f"roost rollout timeline: {title}" if title else "roost rollout timeline")
         ax = axes[1]
         for key, colour in (("requestRate", "#1f77b4"), ("errorRate", "#d62728")):

@@ -65,6 +65,8 @@ from roost_serving.protocol import (
 )
 from roost_serving.redact import redact_uri
 from roost_serving.requestid import Inference, resolve
+from roost_serving.runtime import RuntimeConfig, install_routes
+from roost_serving.shadow import ShadowTee
 
 log = logging.getLogger("roost.server")
 
@@ -95,6 +97,11 @@ class DataPlane:
         self.registry = registry
         self.metrics = ServingMetrics(registry, settings.name, settings.revision)
         self.version = settings.revision or "1"
+        self.runtime = RuntimeConfig(registry, settings.name, settings.revision)
+        """What the operator pushes at run time (``PUT /v2/roost/runtime``)."""
+        self.shadow = ShadowTee(registry, settings.name, settings.revision)
+        """Copies of requests to the canary during a shadow step (the ``shadow`` section)."""
+        self.runtime.subscribe("shadow", self.shadow.configure)
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
@@ -150,6 +157,7 @@ class DataPlane:
                     await asyncio.wait_for(self.batcher.stop(), 1.0)
             await asyncio.to_thread(self.close_log)
             self._codec.shutdown(wait=False, cancel_futures=True)
+            await self.shadow.close()
 
     def close_log(self) -> None:
         """Flush and close the inference log within the shutdown deadline (idempotent)."""
@@ -200,6 +208,7 @@ class DataPlane:
         )
         batcher.start()
         self.model, self.monitor, self.batcher = model, monitor, batcher
+        self.shadow.batchable = model.batchable
         # Everything allocated so far (imports, app, model) lives as long as the process; moving
         # it out of the collector's generations keeps full collections, which otherwise walk
         # every one of those objects and stall the loop for milliseconds, short.
@@ -345,12 +354,23 @@ class DataPlane:
         source: str = "client",
     ) -> tuple[bytes, int | None, str]:
         """Run one REST inference request; returns the response body, binary header length
-        and the request id."""
+        and the request id.
+
+        A client request may be copied to the canary during a shadow step (``self.shadow``);
+        roost's own requests (validation, shadow copies) never are.
+        """
         offload = len(body) > OFFLOAD_BYTES
         decode = partial(_decode_body, limits=self.limits)
         done = await self.run(
             name, version, decode, (body, header_length), offload, header_id, source
         )
+        if source == "client" and self.shadow.target is not None:
+            request = done.request
+            binary = header_length is not None or request.binary_default
+            binary = binary or bool(request.binary_outputs)
+            self.shadow.offer(
+                body, binary, done.request_id, request.inputs, done.outputs, request.outputs
+            )
         if offload:
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(
@@ -471,6 +491,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return model_ready(name, version)
 
     document_infer(app)
+    install_routes(app, plane.runtime)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:

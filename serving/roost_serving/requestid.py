@@ -34,8 +34,9 @@ MAX_LENGTH = 128
 """Longest id accepted from a client; a uuid4 hex is 32 characters."""
 
 SOURCE_HEADER = b"roost-source"
-"""``Roost-Source: validation`` marks the operator's own validation and warm-up requests."""
-SOURCES = ("client", "validation")
+"""``Roost-Source: validation`` marks the operator's own validation and warm-up requests,
+``Roost-Source: shadow`` a stable pod's copy of a client request during a shadow step."""
+SOURCES = ("client", "validation", "shadow")
 """The ``source`` label's values: anything else a client sends counts as ``client``."""
 
 
@@ -94,8 +95,11 @@ def resolve(body_id: str | None, header_id: str | None) -> str:
 
 def source_of(raw: bytes | None) -> str:
     """The ``source`` label for a ``Roost-Source`` header value (absent or unknown: client)."""
-    if raw is not None and raw.strip().lower() == b"validation":
+    value = raw.strip().lower() if raw is not None else b""
+    if value == b"validation":
         return "validation"
+    if value == b"shadow":
+        return "shadow"
     return "client"
 
 

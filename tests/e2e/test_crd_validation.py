@@ -64,6 +64,21 @@ REJECTED = [
         id="repeated-weight",
     ),
     pytest.param(
+        _manifest(rollout={"steps": [{"weight": 20}, {"shadow": 100}]}),
+        "shadow steps come before the weighted steps",
+        id="shadow-after-weight",
+    ),
+    pytest.param(
+        _manifest(rollout={"steps": [{"shadow": 100, "weight": 20}]}),
+        "has either a weight (client traffic) or a shadow share",
+        id="shadow-and-weight",
+    ),
+    pytest.param(
+        _manifest(rollout={"steps": [{"shadow": 150}]}),
+        "spec.rollout.steps[0].shadow",
+        id="shadow-150",
+    ),
+    pytest.param(
         _manifest(autoscaling={"minReplicas": 5, "maxReplicas": 2}),
         "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas",
         id="min-above-max",
@@ -135,6 +150,19 @@ def test_malformed_manifest_is_rejected_with_the_cel_message(
         _create(kube, namespace, body)
     assert caught.value.status == 422
     assert message in (caught.value.body or "")
+
+
+@pytest.mark.usefixtures("crd")
+def test_shadow_steps_before_weighted_ones_are_accepted(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    steps = [{"shadow": 100, "pause": "5m"}, {"weight": 20}, {"weight": 50}]
+    gates = {"shadowDisagreement": {"maxRate": 0.02}}
+    body = _manifest(name="shadowed", rollout={"steps": steps, "analysis": {"gates": gates}})
+    created = _create(kube, namespace, body)
+    assert created["spec"]["rollout"]["steps"] == steps
+    shadow = created["spec"]["rollout"]["analysis"]["gates"]["shadowDisagreement"]
+    assert shadow == {"maxRate": 0.02, "mode": "enforce"}
 
 
 @pytest.mark.usefixtures("crd")

@@ -33,6 +33,11 @@ one row per rule naming the operation that needs it. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# The Secret <md>-runtime: created once with the serving pods' runtime token, read back by name
+# to push runtime configuration (roost_operator/runtime_push.py); never updated or deleted.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # The roost.dev/traffic readiness gate: a serving pod joins the Service when the operator sets
 # that condition (stable pods at once, a canary's once it passed spec.rollout.validation).
 - apiGroups: [""]

@@ -11,6 +11,7 @@ from roost_operator.rollout.messages import (
     describe_analysis,
     failure_reason,
     seconds,
+    step_traffic,
 )
 from roost_operator.rollout.observations import (
     MIN_REQUEUE_SECONDS,
@@ -132,6 +133,9 @@ class _Tick:
         total, policy = self.obs.total_replicas, self.policy
         if policy.full_scale(c.step):
             return max(total, 0), max(total, 0), 0
+        if policy.shadow(c.step):
+            # No client traffic: the stable keeps every replica, the canary gets copies.
+            return max(total, 0), canary_target_replicas(policy, c, total), 0
         weight = policy.weight(c.step)
         if ready:
             return (*replica_split(total, weight), weight)
@@ -246,7 +250,7 @@ def _start(t: _Tick, state: RolloutState) -> RolloutState:
             "pods to compare a canary against"
         )
     else:
-        message = f"Started canary {what} at step 1/{len(policy.steps)} (weight {c.weight}%)"
+        message = f"Started canary {what} at step 1/{len(policy.steps)} ({step_traffic(policy, 0)})"
     t.emit("Normal", "CanaryStarted", message)
     return replace(state, canary=c)
 
@@ -272,7 +276,7 @@ def _record(t: _Tick, state: RolloutState, analysis: AnalysisResult) -> RolloutS
 
 def _step_passed(policy: RolloutPolicy, c: CanaryState) -> bool:
     """With gates: the latest analysis taken during this step passed."""
-    if not policy.analysis_enabled:
+    if not policy.gated(c.step):
         return True
     when = analysis_time(c)
     return (
@@ -342,7 +346,7 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
             return _scale_up_then_promote(t, replace(state, canary=c))
         passed = (
             f": {describe_analysis(c.last_analysis, 0, policy.failure_limit)}"
-            if policy.analysis_enabled and c.last_analysis
+            if policy.gated(c.step) and c.last_analysis
             else ""
         )
         nxt = c.step + 1
@@ -363,7 +367,7 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
 def _deadline_over(policy: RolloutPolicy, c: CanaryState, now: datetime) -> bool:
     """Whether the step's gates stayed inconclusive past `progress_deadline_seconds`."""
     deadline = policy.progress_deadline_seconds
-    if deadline is None or not policy.analysis_enabled or policy.full_scale(c.step):
+    if deadline is None or not policy.gated(c.step) or policy.full_scale(c.step):
         return False
     limit = max(deadline, policy.pause_seconds(c.step))
     return now >= c.step_started_at + timedelta(seconds=limit)
@@ -449,7 +453,8 @@ def _running(t: _Tick, state: RolloutState) -> Decision:
     c = state.canary
     assert c is not None
     parts, waits = [], []
-    if policy.analysis_enabled:
+    gated = policy.gated(c.step)
+    if gated:
         last, when = c.last_analysis, analysis_time(c)
         if last is not None and when is not None and when > c.step_started_at:
             parts.append(describe_analysis(last, c.consecutive_failures, policy.failure_limit))
@@ -461,7 +466,7 @@ def _running(t: _Tick, state: RolloutState) -> Decision:
     if remaining > 0:
         parts.append(f"pause ends in {seconds(remaining)}")
         waits.append(remaining)
-    elif policy.analysis_enabled:
+    elif gated:
         parts.append("pause over, waiting for a passing analysis")
     requeue = max(MIN_REQUEUE_SECONDS, min(waits)) if waits else MIN_REQUEUE_SECONDS
     message = f"{at_step(policy, c)}: " + "; ".join(parts)

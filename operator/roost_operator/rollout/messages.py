@@ -53,6 +53,9 @@ def describe_analysis(analysis: Mapping[str, Any], failures: int, limit: int) ->
     if verdict == "pass":
         shown = [describe_gate(g) for g in _gates(analysis) if g.get("name") != "minRequests"]
         detail = f" ({'; '.join(shown)})" if shown else ""
+        if any(g.get("name") == "shadowDisagreement" for g in _gates(analysis)):
+            # A shadow step: the canary served no client; its copies are what passed.
+            return f"{analysis.get('message') or 'shadow step passed'}{detail}"
         return f"analysis passed on {analysis.get('canaryRequests', 0)} canary requests{detail}"
     if verdict == "fail":
         failed_gates = _gates(analysis, "fail")
@@ -73,10 +76,19 @@ def failure_reason(analysis: Mapping[str, Any], failures: int) -> str:
     return f"{what} failed{times} ({detail})"
 
 
+def step_traffic(policy: RolloutPolicy, step: int) -> str:
+    """``weight 20%``, or for a shadow step what the canary gets instead of client traffic."""
+    shadow = policy.shadow(step)
+    if shadow:
+        return f"shadow: copies of {shadow}% of requests, no client traffic"
+    return f"weight {policy.weight(step)}%"
+
+
 def at_step(policy: RolloutPolicy, c: CanaryState) -> str:
     if policy.full_scale(c.step):
         return f"Canary {c.revision} at full scale"
-    return f"Canary {c.revision} at step {c.step + 1}/{len(policy.steps)} (weight {c.weight}%)"
+    where = f"step {c.step + 1}/{len(policy.steps)}"
+    return f"Canary {c.revision} at {where} ({step_traffic(policy, c.step)})"
 
 
 def seconds(s: float) -> str:

@@ -89,6 +89,10 @@ def canary_target_replicas(policy: RolloutPolicy, canary: CanaryState, total: in
     """Canary replicas its current step wants."""
     if policy.full_scale(canary.step):
         return max(total, 0)
+    shadow = policy.shadow(canary.step)
+    if shadow:
+        # Copies of `shadow` percent of the stable's requests: that share of its capacity.
+        return max(1, -(-max(total, 0) * shadow // 100))
     return replica_split(total, policy.weight(canary.step))[1]
 
 
@@ -116,10 +120,12 @@ def analysis_due(
     baseline then). A last analysis in the future (clock moved back) does not block.
     """
     c = state.canary
-    if c is None or not canary_ready or not policy.analysis_enabled or policy.full_scale(c.step):
+    if c is None or not canary_ready or not policy.gated(c.step) or policy.full_scale(c.step):
         return False
-    if not traffic_allowed(policy, c):
-        return False  # no traffic yet: nothing to analyse
+    if validation_pending(policy, c):
+        return False  # validated before anything else judges it
+    if not policy.shadow(c.step) and not traffic_allowed(policy, c):
+        return False  # no traffic yet (a shadow step has copies): nothing to analyse
     last = analysis_time(c)
     if last is None or last > obs_now:
         return True
@@ -168,8 +174,11 @@ def validation_pending(policy: RolloutPolicy, canary: CanaryState) -> bool:
 
 
 def traffic_allowed(policy: RolloutPolicy, canary: CanaryState) -> bool:
-    """Whether the canary's pods may take traffic (their ``roost.dev/traffic`` gate opens)."""
-    if validation_pending(policy, canary):
+    """Whether the canary's pods may take traffic (their ``roost.dev/traffic`` gate opens).
+
+    Never in a shadow step: the canary then answers only the stable pods' copies.
+    """
+    if validation_pending(policy, canary) or policy.shadow(canary.step):
         return False
     return (canary.validation or {}).get("result") != "failed"
 

@@ -316,3 +316,48 @@ def test_status_shows_validation_pending_passed_and_refused() -> None:
         "Validation 2026-03-01T12:00:04Z: failed: revision 9d8e7f6a5b was refused before any "
         "traffic (validation: input X has 12 features, stable has 13)"
     ) in out
+
+
+def _shadow_md(canary: dict[str, Any] | None, **status: Any) -> dict[str, Any]:
+    md: dict[str, Any] = {
+        "metadata": {"name": "wine", "namespace": "ml"},
+        "spec": {
+            "replicas": 2,
+            "rollout": {"steps": [{"shadow": 100, "pause": "5m"}, {"weight": 50}]},
+        },
+        "status": {"stable": {"revision": "aaaa", "modelUri": "file:///v1"}, **status},
+    }
+    if canary is not None:
+        md["status"]["canary"] = canary
+    return md
+
+
+EVIDENCE = {"compared": 120, "rows": 120, "disagreements": 3, "errors": 0, "dropped": 1}
+
+
+def test_status_during_a_shadow_step_shows_the_copies_and_no_weight() -> None:
+    canary = {
+        "revision": "bbbb",
+        "step": 0,
+        "weight": 0,
+        "modelUri": "file:///v2",
+        "evidence": {"shadow": EVIDENCE},
+    }
+    out = render_status(_shadow_md(canary))
+    assert "1/2 shadow 100% (copies only)" in out
+    assert "stable pods copy 100% of their requests to the canary" in out
+    assert "120 copies compared, 120 rows, 3 disagreeing (2.50 %), 0 canary errors" in out
+    row = next(line for line in out.splitlines() if line.startswith("bbbb"))
+    assert " 0% " in row
+
+
+def test_status_after_a_rollback_in_shadow() -> None:
+    history = [
+        {
+            "revision": "bbbb",
+            "outcome": "RolledBack",
+            "reason": "gate shadowDisagreement failed (shadow: canary disagrees on 77.00 %)",
+        }
+    ]
+    out = render_status(_shadow_md(None, history=history, failedRevision="bbbb"))
+    assert "rolled back in the shadow step, before any client request reached it" in out

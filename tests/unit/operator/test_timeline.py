@@ -130,3 +130,22 @@ def test_sequential_gates_are_drawn_with_their_interval_and_margin(tmp_path: Pat
     out = tmp_path / "sequential.png"
     timeline.plot(samples, out, title="wine")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_shadow_step_is_sampled_and_shaded(tmp_path: Path) -> None:
+    samples = []
+    for i in range(8):
+        stamp = (T0 + timedelta(seconds=10 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj = md(0 if i < 5 else 50, stamp, [])
+        obj["spec"] = {"rollout": {"steps": [{"shadow": 100}, {"weight": 50}]}}
+        obj["status"]["canary"]["step"] = 0 if i < 5 else 1
+        obj["status"]["canary"]["lastAnalysis"]["gates"] = [
+            {"name": "shadowDisagreement", "estimate": 0.01, "lower": 0.0, "upper": 0.03,
+             "threshold": 0.05, "verdict": "pass"},
+        ]  # fmt: skip
+        samples.append(timeline.sample(obj, T0 + timedelta(seconds=10 * i)))
+    assert [s["shadow"] for s in samples] == [100] * 5 + [0] * 3
+    assert timeline.sample({"spec": {}}, T0)["shadow"] == 0
+    out = tmp_path / "shadow.png"
+    timeline.plot(samples, out, title="wine")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
