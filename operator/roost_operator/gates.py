@@ -297,16 +297,22 @@ class AnalysisResult:
     """The accumulated evidence to persist (None: unchanged, e.g. no baseline yet)."""
     decisive: bool = False
     """A sequential gate failed with confidence: roll back now, no `failureLimit` applies."""
+    paused: str = ""
+    """The routing check found canary and stable on different traffic: the rollout pauses
+    (no verdict, no deadline policy) and this says why; empty otherwise."""
 
     def to_status(self) -> dict[str, Any]:
         """`status.canary.lastAnalysis` as in the contract."""
-        return {
+        out = {
             "time": rfc3339_seconds(self.time),
             "verdict": self.verdict,
             "message": self.message,
             "canaryRequests": self.canary_requests,
             "gates": [g.to_status() for g in self.gates],
         }
+        if self.paused:
+            out["paused"] = self.paused
+        return out
 
     def gate(self, name: str) -> GateVerdict | None:
         """The named gate's result, if that gate ran."""
@@ -377,4 +383,5 @@ def evaluate(
         message=message,
         evidence=judged.evidence,
         decisive=decisive,
+        paused=judged.paused,
     )

@@ -34,6 +34,7 @@ import numpy as np
 from roost_serving import drift
 
 from roost_operator import sequential as sq
+from roost_operator.routing import check_routing
 from roost_operator.spec import (
     AnalysisSpec,
     DivergenceGate,
@@ -377,6 +378,8 @@ class Judged:
     evidence: dict[str, Any]
     canary_requests: float
     message: str
+    paused: str = ""
+    """Why the rollout must pause (the routing check found non-random routing), or empty."""
 
 
 def judge_interval(
@@ -416,6 +419,16 @@ def judge_interval(
         out.append(_drift_gate(ev, canary, g.drift, alpha))
     enforced = [v for v in out if v.mode == "enforce"]
     served = sum(totals["canary"].values())
+    routing = check_routing(
+        ev, canary.feature_bins, canary.reference, stable.feature_bins, stable.reference
+    )
+    if routing.features:
+        shown = "fail" if routing.mismatch else "inconclusive"
+        out.append(GateVerdict("routing", "observe", shown, words=routing.words))
+    if routing.mismatch:
+        # Canary and stable did not see the same traffic: no comparison can be trusted, so
+        # neither a pass nor a fail; the rollout pauses for a person (rollout.machine).
+        return Judged("inconclusive", tuple(out), ev, served, routing.words, routing.words)
     if any(v.verdict == "fail" for v in enforced):
         verdict = "fail"
         message = "; ".join(v.words for v in enforced if v.verdict == "fail")
