@@ -167,9 +167,12 @@ def test_a_routing_mismatch_pauses_the_step_past_its_deadline() -> None:
     assert r.state.canary.last_analysis["paused"] == why
     for t in range(10, 200, 10):  # far past the 60 s deadline (onInconclusive: rollback)
         d = r.tick(t, result=replace(paused, time=at(t)))
-        assert d.state.canary is not None and d.state.canary.step == 0, t
-        assert d.stalled is not None and d.stalled[0] == "RoutingMismatch"
+        assert d.state.canary is not None, t
+        assert d.state.canary.step == 0, t
+        assert d.stalled is not None
+        assert d.stalled[0] == "RoutingMismatch"
         assert "RoutingMismatch" not in [e.reason for e in d.events]  # said once
     # Routing fixed (the check no longer finds a mismatch): the gates decide again.
     d = r.tick(200, result=analysis(200, "pass"))
-    assert d.state.canary is not None and d.state.canary.step == 1
+    assert d.state.canary is not None
+    assert d.state.canary.step == 1
