@@ -423,8 +423,8 @@ def judge_interval(
         ev, canary.feature_bins, canary.reference, stable.feature_bins, stable.reference
     )
     if routing.features:
-        shown = "fail" if routing.mismatch else "inconclusive"
-        out.append(GateVerdict("routing", "observe", shown, words=routing.words))
+        # Shown beside the gates, never as a failing one: a mismatch is no model verdict.
+        out.append(GateVerdict("routing", "observe", "inconclusive", words=routing.words))
     if routing.mismatch:
         # Canary and stable did not see the same traffic: no comparison can be trusted, so
         # neither a pass nor a fail; the rollout pauses for a person (rollout.machine).

@@ -121,7 +121,8 @@ def test_a_routing_mismatch_pauses_instead_of_judging_the_model() -> None:
     assert judged.paused
     assert judged.message == judged.paused
     routing = next(g for g in judged.gates if g.name == "routing")
-    assert (routing.mode, routing.verdict) == ("observe", "fail")
+    assert (routing.mode, routing.verdict) == ("observe", "inconclusive")
+    assert "rollout paused" in routing.words
     assert spec.alpha == 0.05  # the gates' alpha is untouched: the check has its own budget
 
 
