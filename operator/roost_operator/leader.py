@@ -330,9 +330,12 @@ class _FollowerHealth(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = b"follower: waiting for the leader election Lease\n"
-        known = self.path.startswith(("/healthz", "/readyz"))
+        known = self.path.startswith(("/healthz", "/readyz", "/metrics"))
+        if self.path.startswith("/metrics"):
+            # Scraped like the leader (ServiceMonitor, PodMonitor): up, with no operator series.
+            body = b""
         self.send_response(200 if known else 404)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -148,12 +148,7 @@ def update(
         w = np.where(ok, nc, 0.0)
         y = np.where(ok, xc / np.where(ok, nc, 1.0) - ref, 0.0)
         return DiffState(
-            q0=state.q0 + w * w,
-            q1=state.q1 + w * w * y,
-            q2=state.q2 + w * w * y * y,
-            m=state.m + ok,
-            w=state.w + w,
-            wy=state.wy + w * y,
+            **_interval_sums(state, w, y, ok),
             a_c=state.a_c + w,  # w^2 / n_c with w = n_c
             a_s=state.a_s + 0.0,
             x_c=state.x_c + xc,
@@ -170,12 +165,7 @@ def update(
     w = np.where(ok, safe_c * safe_s / (safe_c + safe_s), 0.0)
     y = np.where(ok, xc / safe_c - xs / safe_s, 0.0)
     return DiffState(
-        q0=state.q0 + w * w,
-        q1=state.q1 + w * w * y,
-        q2=state.q2 + w * w * y * y,
-        m=state.m + ok,
-        w=state.w + w,
-        wy=state.wy + w * y,
+        **_interval_sums(state, w, y, ok),
         a_c=state.a_c + np.where(ok, w * w / safe_c, 0.0),
         a_s=state.a_s + np.where(ok, w * w / safe_s, 0.0),
         x_c=state.x_c + xc,
@@ -183,6 +173,21 @@ def update(
         x_s=state.x_s + xs,
         n_s=state.n_s + ns,
     )
+
+
+def _interval_sums(
+    state: DiffState, w: FloatArray, y: FloatArray, ok: npt.NDArray[np.bool_]
+) -> dict[str, FloatArray]:
+    """The weight, estimate and spread sums one interval of weight `w` and estimate `y` adds
+    (both the two-sample and the one-sample update add them alike)."""
+    return {
+        "q0": state.q0 + w * w,
+        "q1": state.q1 + w * w * y,
+        "q2": state.q2 + w * w * y * y,
+        "m": state.m + ok,
+        "w": state.w + w,
+        "wy": state.wy + w * y,
+    }
 
 
 def _spread(state: DiffState) -> FloatArray:

@@ -1,14 +1,13 @@
 """The HTTP side of the server: app factory, lifespan, Open Inference Protocol routes, /metrics.
 
 :func:`create_app` builds a FastAPI app around a :class:`DataPlane`, which owns the model, the
-batcher, the metrics and the drift monitor. ``POST .../infer`` is answered by a thin ASGI
-layer in front of FastAPI that calls the data plane directly: routing, dependency injection
-and response classes cost several times the model run of a small tabular model, and this one
-route carries all the traffic. FastAPI registers no handler for it (one that skipped the
-fast path's metrics could only drift from it); the OpenAPI document describes it all the same
-(:func:`_document_infer`). Everything else goes through FastAPI. With ``--grpc-port`` the
-same data plane also answers the Open Inference Protocol over gRPC
-(:mod:`roost_serving.grpc_server`).
+batcher, the metrics and the drift monitor. ``POST .../infer`` is answered by a thin ASGI layer
+in front of FastAPI that calls the data plane directly (:mod:`roost_serving.fastpath`): routing,
+dependency injection and response classes cost several times the model run of a small tabular
+model, and this one route carries all the traffic. FastAPI registers no handler for it; the
+OpenAPI document describes it all the same (:mod:`roost_serving.openapi`). Everything else goes
+through FastAPI. With ``--grpc-port`` the same data plane also answers the Open Inference
+Protocol over gRPC (:mod:`roost_serving.grpc_server`).
 
 The model is loaded by a task the lifespan starts: the port opens at once, liveness is 200,
 readiness and inference answer 503 until the model is loaded. A model that cannot be loaded
@@ -33,47 +32,35 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
+from roost_serving.fastpath import InferenceFastPath
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
 from roost_serving.limits import (
-    DEADLINE_HEADER,
-    RETRY_AFTER_SECONDS,
     Limits,
-    ShedError,
-    deadline_exceeded,
-    parse_deadline,
-    parse_header_length,
     queue_full,
 )
 from roost_serving.metrics import ServingMetrics
 from roost_serving.model import LoadedModel, load_model
 from roost_serving.monitor import DriftMonitor
+from roost_serving.openapi import document_infer
 from roost_serving.profile import Profile
 from roost_serving.profile_check import check_profile
 from roost_serving.protocol import (
-    HEADER_LENGTH,
-    BadRequestError,
     DecodedRequest,
-    ErrorResponse,
-    InferenceRequest,
-    InferenceResponse,
     ModelMetadataResponse,
     NotFoundError,
     NotReadyError,
-    PayloadTooLargeError,
     RoostError,
     ServerMetadataResponse,
     check_inputs,
     check_outputs,
     decode_request,
     encode_response,
-    error_body,
 )
 from roost_serving.redact import redact_uri
 
@@ -301,161 +288,6 @@ def _decode_body(payload: tuple[bytes, int | None], limits: Limits) -> DecodedRe
     return decode_request(*payload, limits)
 
 
-async def _method_not_allowed(send: Send, method: str) -> None:
-    """405 for an infer route asked with another method, with ``Allow`` and the OIP body."""
-    body = error_body(f"method {method} is not allowed here; infer requests use POST")
-    headers = [
-        (b"content-type", _JSON),
-        (b"content-length", str(len(body)).encode()),
-        (b"allow", b"POST"),
-    ]
-    await send({"type": "http.response.start", "status": 405, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
-    parts = path.split("/")
-    # "", "v2", "models", name, "infer"  |  ..., name, "versions", v, "infer"
-    if len(parts) == 5:
-        return parts[3], None
-    if len(parts) == 7 and parts[4] == "versions":
-        return parts[3], parts[5]
-    return None
-
-
-class InferenceFastPath:
-    """ASGI layer answering ``POST /v2/models/.../infer`` straight from the data plane."""
-
-    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
-        """Wrap ``app`` (FastAPI's stack), which answers everything else."""
-        self.app = app
-        self.plane = plane
-        self.max_body = plane.settings.max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Dispatch one ASGI connection scope."""
-        if scope["type"] == "http" and self.plane.shutting_down:
-            send = _closing(send)
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                target = _parse_infer_path(path)
-                if target is not None:
-                    if scope["method"] == "POST":
-                        await self._infer(scope, receive, send, *target)
-                    else:
-                        await _method_not_allowed(send, scope["method"])
-                    return
-        await self.app(scope, receive, send)
-
-    async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
-    ) -> None:
-        plane, metrics = self.plane, self.plane.metrics
-        started = time.perf_counter()
-        content_type = _JSON
-        extra: list[tuple[bytes, bytes]] = []
-        admitted = False
-        try:
-            plane.admit()
-            admitted = True
-            plane.inflight += 1
-            metrics.inflight.inc()
-            header_length, deadline_value = _request_headers(scope)
-            seconds = parse_deadline(deadline_value, plane.limits)
-            try:
-                async with asyncio.timeout(seconds):
-                    body = await self._read_body(scope, receive)
-                    payload, out_length = await plane.infer(name, version, body, header_length)
-            except TimeoutError:
-                raise deadline_exceeded(seconds) from None
-            status = 200
-            if out_length is not None:
-                content_type = b"application/octet-stream"
-                extra.append((HEADER_LENGTH.encode(), str(out_length).encode()))
-        except RoostError as exc:
-            status, payload = exc.status_code, error_body(exc.message)
-            if isinstance(exc, ShedError):
-                metrics.count_shed(exc.reason)
-                if exc.status_code == 503:
-                    extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
-        except Exception as exc:  # never a stack trace in the body, always a logged one
-            log.exception("inference failed")
-            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
-        finally:
-            if admitted:
-                plane.inflight -= 1
-                metrics.inflight.dec()
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(payload)).encode()),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        metrics.count_request(status)
-        metrics.request_duration.observe(time.perf_counter() - started)
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise PayloadTooLargeError(_too_large(int(value), self.max_body))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequestError("client disconnected before sending the whole body")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLargeError(_too_large(size, self.max_body))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> str:
-    return (
-        f"request body of {size} bytes exceeds the limit of {limit} bytes; send fewer rows "
-        "per request or raise --max-body-bytes / ROOST_MAX_BODY_BYTES"
-    )
-
-
-def _request_headers(scope: Scope) -> tuple[int | None, bytes | None]:
-    """``Inference-Header-Content-Length`` (parsed) and the raw client deadline header."""
-    length: int | None = None
-    deadline: bytes | None = None
-    for key, value in scope["headers"]:
-        if key == b"inference-header-content-length":
-            length = parse_header_length(value)
-        elif key == DEADLINE_HEADER:
-            deadline = value
-    return length, deadline
-
-
-def _closing(send: Send) -> Send:
-    """``send`` that adds ``Connection: close`` to the response: the server is draining."""
-
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
-        await send(message)
-
-    return closing_send
-
-
-def _drop_validation_errors(schema: dict[str, Any]) -> None:
-    """Remove FastAPI's automatic 422: path parameters are plain strings, it never happens."""
-    for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
-    components = schema.get("components", {}).get("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
-
-
 def _health(key: str, ok: bool, **extra: str) -> Response:
     # The status code is the answer for Triton's and most clients; KServe's own client reads
     # {"live": true} / {"ready": true} from the body (and raises on a 503, as against KServe).
@@ -556,7 +388,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def version_ready_route(name: str, version: str) -> Response:
         return model_ready(name, version)
 
-    _document_infer(app)
+    document_infer(app)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
@@ -564,60 +396,3 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     app.fast_path = InferenceFastPath(partial(FastAPI.__call__, app), plane)
     return app
-
-
-def _document_infer(app: FastAPI) -> None:
-    """Describe the fast path's infer routes in the OpenAPI document (no handler behind them)."""
-    components: dict[str, type[BaseModel]] = {
-        "InferenceRequest": InferenceRequest,
-        "InferenceResponse": InferenceResponse,
-        "ErrorResponse": ErrorResponse,
-    }
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
-
-    def operation(summary: str, params: list[str]) -> dict[str, Any]:
-        errors = {
-            str(code): {"description": phrase, "content": ref("ErrorResponse")}
-            for code, phrase in (
-                (400, "Bad Request"),
-                (404, "Not Found"),
-                (413, "Payload Too Large"),
-                (500, "Internal Server Error"),
-                (503, "Service Unavailable"),
-                (504, "Gateway Timeout"),
-            )
-        }
-        return {
-            "summary": summary,
-            "operationId": summary.lower().replace(" ", "_"),
-            "parameters": [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in params
-            ],
-            "requestBody": {"required": True, "content": ref("InferenceRequest")},
-            "responses": {
-                "200": {"description": "Successful Response", "content": ref("InferenceResponse")},
-                **errors,
-            },
-        }
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in components.items():
-                document = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for key, value in document.pop("$defs", {}).items():
-                    schemas.setdefault(key, value)
-                schemas[name] = document
-            paths = schema.setdefault("paths", {})
-            paths["/v2/models/{name}/infer"] = {"post": operation("Infer", ["name"])}
-            paths["/v2/models/{name}/versions/{version}/infer"] = {
-                "post": operation("Infer Version", ["name", "version"])
-            }
-            _drop_validation_errors(schema)
-        return app.openapi_schema or schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

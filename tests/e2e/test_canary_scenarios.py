@@ -508,7 +508,8 @@ def _copy_model(rollout: Rollout, tmp_path: Path, source: str, name: str) -> Non
     """The same model files under another URI: a new revision serving an identical model."""
     dest = tmp_path / name
     shutil.copytree(rollout.models[source], dest)
-    rollout.models[name] = dest
+    # A new dict: the session's `example_models` fixture is shared with every later test.
+    rollout.models = {**rollout.models, name: dest}
 
 
 def _canary_requests(traffic: Traffic, revision: str) -> int:

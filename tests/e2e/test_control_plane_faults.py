@@ -49,8 +49,11 @@ from roost_devcluster.waiting import list_pods
 pytestmark = pytest.mark.e2e
 
 Obj = dict[str, Any]
-GATES: Obj = {"errorRate": {"max": 0.05}, "divergence": {"maxJSDistance": 0.3}}
+# Sequential gates (docs/analysis.md): wine-v2 differs from v1 by a few points of prediction
+# share, so the divergence margin is 10 points, as in test_canary_scenarios.
+GATES: Obj = {"errorRate": {"margin": 0.05}, "divergence": {"margin": 0.1}}
 STEP = [{"weight": 50, "pause": "20s"}]
+VERDICT_WAIT = 240.0
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/roost-operator"
 
 
@@ -113,7 +116,7 @@ class MidStep:
 
 
 @contextlib.contextmanager
-def mid_step(rollout: Rollout, seconds: float = 200) -> Iterator[MidStep]:
+def mid_step(rollout: Rollout, seconds: float = 300) -> Iterator[MidStep]:
     """wine-v1 stable, a wine-v2 canary analysed at least once, traffic on; yields there."""
     stable = rollout.serve_stable(GATES)
     with rollout.traffic(seconds) as traffic:
@@ -171,7 +174,9 @@ def _event_counts(rollout: Rollout) -> dict[str, int]:
 def _finish(run: MidStep, name: str, resumed: float, pod_errors: int = 0) -> Obj:
     """The verdict is the undisturbed one; nothing replayed; the clients saw no fault."""
     rollout = run.rollout
-    st = rollout.verdict("Promoted", name)
+    # The sequential gates decide once the evidence suffices (about 100 s of this traffic for
+    # wine-v2's divergence margin), counted again from a restarted leader's first scrape.
+    st = rollout.verdict("Promoted", name, timeout=VERDICT_WAIT)
     assert st["stable"]["revision"] == run.canary
     run.traffic.stop()
     errors = sum(n for code, n in run.traffic.codes.items() if not 200 <= code < 300)
@@ -240,7 +245,7 @@ def test_etcd_restarted_mid_step(rollout: Rollout, cluster: controlplane.Cluster
 def test_apiserver_unreachable_for_60_s_pauses_decisions(
     rollout: Rollout, cluster: controlplane.Cluster
 ) -> None:
-    with mid_step(rollout, seconds=260) as run:
+    with mid_step(rollout, seconds=400) as run:
         counted_before = int(run.before["analysisCount"])
         froze = time.monotonic()
         faults.freeze(cluster.layout, "kube-apiserver", 60)

@@ -47,7 +47,9 @@ pytestmark = pytest.mark.e2e
 Obj = dict[str, Any]
 BIN = Path(sys.executable).parent
 WAIT = 150.0
-GATES: Obj = {"errorRate": {"max": 0.05}, "divergence": {"maxJSDistance": 0.3}}
+# Sequential gates (docs/analysis.md): wine-v2 differs from v1 by a few points of prediction
+# share, so the divergence margin is 10 points, as in test_canary_scenarios.
+GATES: Obj = {"errorRate": {"margin": 0.05}, "divergence": {"margin": 0.1}}
 
 
 def _sha(path: Path) -> str:

@@ -7,7 +7,6 @@ metrics ports. Exits 1 with one line per failed check.
 
 import json
 import os
-import socket
 import sys
 import urllib.request
 
@@ -45,37 +44,43 @@ def main() -> int:
         except client.ApiException as exc:
             failures.append(f"listing ModelDeployments in {where}: HTTP {exc.status} {exc.reason}")
 
-    # The Service's DNS name inside a cluster; the pod IP where cluster DNS is unavailable.
-    host = f"{service}.{release_ns}.svc"
-    try:
-        socket.getaddrinfo(host, metrics_port)
-    except OSError:
-        pods = client.CoreV1Api(api).list_namespaced_pod(release_ns, label_selector=selector)
-        running = [p for p in pods.items if p.status.pod_ip and p.status.phase == "Running"]
-        if not running:
-            found = [(p.metadata.name, p.status.phase) for p in pods.items]
-            failures.append(f"no running operator pod matches {selector} in {release_ns}: {found}")
-            return report(failures)
-        # Its probes answering below is the check; the pod's Ready condition may lag.
-        ready = [p.status.pod_ip for p in running]
-        host = ready[0]
-
-    checks = [
-        (f"http://{host}:{health_port}/healthz", None),
-        (f"http://{host}:{metrics_port}/metrics", "roost_operator_reconciliations_total"),
-    ]
-    for url, needle in checks:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read().decode("utf-8", "replace")
-        except OSError as exc:
-            failures.append(f"GET {url}: {exc}")
-            continue
-        if needle and needle not in body:
-            failures.append(f"GET {url}: no {needle} series")
-        else:
-            print(f"ok: GET {url} -> 200")
+    # Every replica (the leader and its followers) by pod IP: each answers its liveness probe,
+    # and the leader, one of them, serves the operator's metrics. Through the Service a request
+    # could land on a follower, whose /metrics carries no operator series.
+    pods = client.CoreV1Api(api).list_namespaced_pod(release_ns, label_selector=selector)
+    running = [p for p in pods.items if p.status.pod_ip and p.status.phase == "Running"]
+    if not running:
+        found = [(p.metadata.name, p.status.phase) for p in pods.items]
+        failures.append(f"no running operator pod matches {selector} in {release_ns}: {found}")
+        return report(failures)
+    leaders = []
+    for pod in running:
+        host = pod.status.pod_ip
+        ok = _get(f"http://{host}:{health_port}/healthz", failures)
+        body = _get(f"http://{host}:{metrics_port}/metrics", failures)
+        if ok is not None and body is not None and NEEDLE in body:
+            leaders.append(pod.metadata.name)
+    if not leaders:
+        names = [p.metadata.name for p in running]
+        failures.append(f"no operator pod of {names} serves {NEEDLE} (no leader reconciles)")
+    else:
+        print(f"ok: {', '.join(leaders)} serves the operator's metrics ({service} selects it)")
     return report(failures)
+
+
+NEEDLE = "roost_operator_reconciliations_total"
+
+
+def _get(url: str, failures: list[str]) -> str | None:
+    """The body of a GET, or None with the failure recorded."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body: str = response.read().decode("utf-8", "replace")
+    except OSError as exc:
+        failures.append(f"GET {url}: {exc}")
+        return None
+    print(f"ok: GET {url} -> 200")
+    return body
 
 
 def report(failures: list[str]) -> int:

@@ -100,6 +100,10 @@ def test_a_follower_is_live_and_ready_on_both_ports_and_frees_them() -> None:
         for port, path in ((health, "/healthz"), (metrics, "/readyz")):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
                 assert r.status == 200
+        # Scraped like the leader: up, with no operator series.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+            assert r.status == 200
+            assert r.read() == b""
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{metrics}/other", timeout=5)
         assert e.value.code == 404

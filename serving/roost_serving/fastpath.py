@@ -1,0 +1,191 @@
+"""The infer route's fast path: a thin ASGI layer in front of FastAPI (roost_serving.app).
+
+``POST /v2/models/{name}[/versions/{v}]/infer`` carries all the traffic, and FastAPI's routing,
+dependency injection and response classes cost several times a small model's run, so this layer
+answers it straight from the data plane: admission control (``--max-queue``), the request
+deadline, the body limit, the OIP error body for every failure, the request metrics, and
+``Connection: close`` while the server drains. Everything else goes on to FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from roost_serving.limits import (
+    DEADLINE_HEADER,
+    RETRY_AFTER_SECONDS,
+    ShedError,
+    deadline_exceeded,
+    parse_deadline,
+    parse_header_length,
+)
+from roost_serving.protocol import (
+    HEADER_LENGTH,
+    BadRequestError,
+    PayloadTooLargeError,
+    RoostError,
+    error_body,
+)
+
+if TYPE_CHECKING:  # app imports this module: the type only, no import cycle at run time
+    from roost_serving.app import DataPlane
+
+log = logging.getLogger("roost.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = b"application/json"
+_CLOSE = (b"connection", b"close")
+
+
+async def _method_not_allowed(send: Send, method: str) -> None:
+    """405 for an infer route asked with another method, with ``Allow`` and the OIP body."""
+    body = error_body(f"method {method} is not allowed here; infer requests use POST")
+    headers = [
+        (b"content-type", _JSON),
+        (b"content-length", str(len(body)).encode()),
+        (b"allow", b"POST"),
+    ]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
+    parts = path.split("/")
+    # "", "v2", "models", name, "infer"  |  ..., name, "versions", v, "infer"
+    if len(parts) == 5:
+        return parts[3], None
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    return None
+
+
+class InferenceFastPath:
+    """ASGI layer answering ``POST /v2/models/.../infer`` straight from the data plane."""
+
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+        """Wrap ``app`` (FastAPI's stack), which answers everything else."""
+        self.app = app
+        self.plane = plane
+        self.max_body = plane.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch one ASGI connection scope."""
+        if scope["type"] == "http" and self.plane.shutting_down:
+            send = _closing(send)
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                target = _parse_infer_path(path)
+                if target is not None:
+                    if scope["method"] == "POST":
+                        await self._infer(scope, receive, send, *target)
+                    else:
+                        await _method_not_allowed(send, scope["method"])
+                    return
+        await self.app(scope, receive, send)
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        plane, metrics = self.plane, self.plane.metrics
+        started = time.perf_counter()
+        content_type = _JSON
+        extra: list[tuple[bytes, bytes]] = []
+        admitted = False
+        try:
+            plane.admit()
+            admitted = True
+            plane.inflight += 1
+            metrics.inflight.inc()
+            header_length, deadline_value = _request_headers(scope)
+            seconds = parse_deadline(deadline_value, plane.limits)
+            try:
+                async with asyncio.timeout(seconds):
+                    body = await self._read_body(scope, receive)
+                    payload, out_length = await plane.infer(name, version, body, header_length)
+            except TimeoutError:
+                raise deadline_exceeded(seconds) from None
+            status = 200
+            if out_length is not None:
+                content_type = b"application/octet-stream"
+                extra.append((HEADER_LENGTH.encode(), str(out_length).encode()))
+        except RoostError as exc:
+            status, payload = exc.status_code, error_body(exc.message)
+            if isinstance(exc, ShedError):
+                metrics.count_shed(exc.reason)
+                if exc.status_code == 503:
+                    extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+        except Exception as exc:  # never a stack trace in the body, always a logged one
+            log.exception("inference failed")
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
+        finally:
+            if admitted:
+                plane.inflight -= 1
+                metrics.inflight.dec()
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(payload)).encode()),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        metrics.count_request(status)
+        metrics.request_duration.observe(time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise PayloadTooLargeError(_too_large(int(value), self.max_body))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequestError("client disconnected before sending the whole body")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLargeError(_too_large(size, self.max_body))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"request body of {size} bytes exceeds the limit of {limit} bytes; send fewer rows "
+        "per request or raise --max-body-bytes / ROOST_MAX_BODY_BYTES"
+    )
+
+
+def _request_headers(scope: Scope) -> tuple[int | None, bytes | None]:
+    """``Inference-Header-Content-Length`` (parsed) and the raw client deadline header."""
+    length: int | None = None
+    deadline: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == b"inference-header-content-length":
+            length = parse_header_length(value)
+        elif key == DEADLINE_HEADER:
+            deadline = value
+    return length, deadline
+
+
+def _closing(send: Send) -> Send:
+    """``send`` that adds ``Connection: close`` to the response: the server is draining."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+        await send(message)
+
+    return closing_send
