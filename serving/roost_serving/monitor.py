@@ -28,6 +28,8 @@ Series (labels ``model``, ``revision``; see the contract in ``docs/architecture.
 - ``roost_prediction_bin_upper{bin}`` (regressors): each output bin's upper edge, so the
   operator can tell whether canary and stable bin their predictions alike (a retrained
   profile has other edges, and bin ``i`` of one is then not bin ``i`` of the other).
+  Regressors also count their predictions on the *stable's* edges once the operator pushed
+  them: :mod:`roost_serving.compare` (``roost_prediction_compare_total``), ``.compare`` here.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy.typing as npt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from roost_serving.compare import CompareBins
 from roost_serving.drift import BinnedWindow, binned_ks, category_indices, psi
 from roost_serving.profile import (
     CategoricalFeature,
@@ -157,6 +160,10 @@ class DriftMonitor(Collector):
         self._window = BinnedWindow(window, len(self._features), self._n_slots)
         self._bin_totals = np.zeros(self._n_slots, dtype=np.int64)
         self._plan_prediction()
+        # Regressors only: class labels are the same for every revision, output edges are not.
+        self.compare: CompareBins | None = None
+        if isinstance(self._pred, RegressionPrediction):
+            self.compare = CompareBins(model, revision)
         # Arrays to keep per batch: every tracked input, then the prediction output.
         self._kept = sorted({g.input for g in self._numeric} | {c.input for c in self._categorical})
         self._pending: list[tuple[int, tuple[np.ndarray[Any, Any] | None, ...]]] = []
@@ -164,6 +171,8 @@ class DriftMonitor(Collector):
         self._pending_rows = 0
         if profile is not None:
             registry.register(self)
+        if self.compare is not None:
+            registry.register(self.compare)
 
     # ------------------------------------------------------------------ set-up
 
@@ -319,6 +328,8 @@ class DriftMonitor(Collector):
         self._bin_totals += np.bincount(slots.ravel(), minlength=self._n_slots)
         if pred_bins is not None:
             self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
+        if self.compare is not None and self._pred is not None:
+            self.compare.observe(outputs.get(self._pred.output))
 
     def _gather(self, inputs: Mapping[str, npt.NDArray[Any]], n: int) -> IntArray:
         slots = np.empty((n, len(self._features)), dtype=np.int64)
