@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from roost_operator import compare
 from roost_operator.gates import (
     AnalysisResult,
     RevisionWindow,
@@ -149,7 +150,9 @@ class PodsSource:
             self._previous[key] = scrape
             if previous is None:
                 continue
-            deltas[pod.uid], reset = counter_deltas(previous, scrape)
+            delta, reset = counter_deltas(previous, scrape)
+            # Compare counts only from pods that held the same pushed edges all interval long.
+            deltas[pod.uid] = compare.tag_deltas(delta, previous.gauges, scrape.gauges)
             if reset:
                 notes.append(f"pod {pod.name} restarted; its counters count from zero")
         # Pods that are gone (scaled down, replaced, promoted away) keep no baseline.
@@ -240,7 +243,7 @@ class PrometheusSource:
             f'revision="{_escape(revision)}"'
         )
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
-        requests, buckets, predictions, psi, rows, bins, reference = await asyncio.gather(
+        requests, buckets, predictions, psi, rows, bins, reference, binning = await asyncio.gather(
             self.query(f"sum by (code) (increase(roost_requests_total{{{sel}}}[{w}]))", at),
             self.query(
                 f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{sel}}}[{w}]))", at
@@ -252,6 +255,7 @@ class PrometheusSource:
                 f"sum by (feature, bin) (increase(roost_feature_bin_total{{{sel}}}[{w}]))", at
             ),
             self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
+            self.query(f"max by (feature, digest) (roost_feature_bins_info{{{sel}}})", at),
         )
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
@@ -275,6 +279,7 @@ class PrometheusSource:
             buckets={float(le): v for le, v in cumulative.items()},
             feature_bins=_nested(bins),
             reference=_nested(reference),
+            binning={labels.get("feature", ""): labels.get("digest", "") for labels, _ in binning},
         )
 
     async def analyse(

@@ -9,8 +9,9 @@ that pauses the rollout. It is never a model verdict and spends none of the roll
 The test is the gates' sequential difference of proportions (`roost_operator.sequential`):
 per feature bin, canary share minus stable share, two-sided against 0, with its own budget
 `ROUTING_ALPHA` split by Bonferroni over every bin. It runs only on features whose profile
-bins both revisions share: the same bin labels and the same reference shares (the same profile;
-a retrained profile with other bins is skipped and the check says so).
+bins both revisions share: the same bin labels, the same reference shares and the same bins
+(the pods' ``roost_feature_bins_info`` hash of the edges or categories); a retrained profile's
+features with other bins are skipped and the check says so.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def _same_profile(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
 
 
 def _interval_counts(
-    canary: Bins, canary_ref: Bins, stable: Bins, stable_ref: Bins
+    canary: Bins,
+    canary_ref: Bins,
+    stable: Bins,
+    stable_ref: Bins,
+    binning: tuple[Mapping[str, str], Mapping[str, str]] | None,
 ) -> tuple[list[str], list[float], list[float], list[float], list[float]]:
     """Per shared bin: canary rows in it, canary rows of its feature, the same for stable."""
     labels: list[str] = []
@@ -60,6 +65,12 @@ def _interval_counts(
     for feature in sorted(set(canary_ref) & set(stable_ref)):
         ref = canary_ref[feature]
         if not _same_profile(ref, stable_ref[feature]):
+            continue
+        # Equal shares do not make equal bins (quantile bins always hold the same shares):
+        # where the pods say how they bin, both must bin alike.
+        if binning is not None and (
+            binning[0].get(feature) is None or binning[0].get(feature) != binning[1].get(feature)
+        ):
             continue
         c, s = canary.get(feature) or {}, stable.get(feature) or {}
         rows_c = sum(v for b, v in c.items() if b in ref)
@@ -80,13 +91,16 @@ def check_routing(
     stable: Bins,
     stable_ref: Bins,
     alpha: float = ROUTING_ALPHA,
+    binning: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
 ) -> RoutingCheck:
     """Add one interval's feature-bin counts of both arms to ``evidence["routing"]`` and test.
 
     `canary`/`stable`: rows per feature and bin in the interval; `*_ref`: each revision's
-    profile shares (which bins exist, and whether both revisions share them).
+    profile shares (which bins exist, and whether both revisions share them); `binning`: each
+    revision's hash of every feature's bins (``roost_feature_bins_info``), where known: a
+    feature is then compared only when both hashes exist and agree.
     """
-    labels, x_c, n_c, x_s, n_s = _interval_counts(canary, canary_ref, stable, stable_ref)
+    labels, x_c, n_c, x_s, n_s = _interval_counts(canary, canary_ref, stable, stable_ref, binning)
     raw = evidence.get("routing") or {}
     known = [str(b) for b in raw.get("bins") or []]
     old = sq.DiffState.from_status(raw.get("state"), len(known))
