@@ -63,6 +63,7 @@ from roost_serving.protocol import (
     encode_response,
 )
 from roost_serving.redact import redact_uri
+from roost_serving.runtime import RuntimeConfig, install_routes
 
 log = logging.getLogger("roost.server")
 
@@ -93,6 +94,8 @@ class DataPlane:
         self.registry = registry
         self.metrics = ServingMetrics(registry, settings.name, settings.revision)
         self.version = settings.revision or "1"
+        self.runtime = RuntimeConfig(registry, settings.name, settings.revision)
+        """What the operator pushes at run time (``PUT /v2/roost/runtime``)."""
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
@@ -389,6 +392,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return model_ready(name, version)
 
     document_infer(app)
+    install_routes(app, plane.runtime)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
