@@ -179,7 +179,15 @@ class PodsSource:
             if stable_deltas
             else None
         )
+        _record_edges(namespace, name, (canary_revision, canary), (stable_revision, stable))
         return evaluate(canary, stable, spec, now, notes, evidence)
+
+
+def _record_edges(namespace: str, name: str, *arms: tuple[str, RevisionWindow | None]) -> None:
+    """What the runtime push's ``compare`` section needs: each revision's own output edges."""
+    for revision, window in arms:
+        if window is not None:
+            compare.EDGES.record(namespace, name, revision, window.prediction_edges)
 
 
 class PrometheusError(Exception):
@@ -243,7 +251,18 @@ class PrometheusSource:
             f'revision="{_escape(revision)}"'
         )
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
-        requests, buckets, predictions, psi, rows, bins, reference, binning = await asyncio.gather(
+        (
+            requests,
+            buckets,
+            predictions,
+            psi,
+            rows,
+            bins,
+            reference,
+            binning,
+            edges,
+            counts,
+        ) = await asyncio.gather(
             self.query(f"sum by (code) (increase(roost_requests_total{{{sel}}}[{w}]))", at),
             self.query(
                 f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{sel}}}[{w}]))", at
@@ -256,6 +275,16 @@ class PrometheusSource:
             ),
             self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
             self.query(f"max by (feature, digest) (roost_feature_bins_info{{{sel}}})", at),
+            self.query(f"max by (bin) (roost_prediction_bin_upper{{{sel}}})", at),
+            # Compare counts of pods that held one version of the pushed edges all window long
+            # (their info series at 1 throughout), labelled with that version.
+            self.query(
+                f"sum by (version, bin) (increase({compare.COMPARE}{{{sel}}}[{w}]) * on (pod) "
+                f"group_left (version) (min_over_time({compare.COMPARE_INFO}{{{sel}}}[{w}]) "
+                f"and on (pod) (count by (pod) (count_over_time({compare.COMPARE_INFO}"
+                f"{{{sel}}}[{w}])) == 1)))",
+                at,
+            ),
         )
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
@@ -280,6 +309,8 @@ class PrometheusSource:
             feature_bins=_nested(bins),
             reference=_nested(reference),
             binning={labels.get("feature", ""): labels.get("digest", "") for labels, _ in binning},
+            prediction_edges={labels.get("bin", ""): v for labels, v in edges},
+            compare=_by(counts, "version", "bin"),
         )
 
     async def analyse(
@@ -320,6 +351,7 @@ class PrometheusSource:
             )
         except PrometheusError as e:
             return inconclusive(now, f"prometheus at {self.url}: {e}")
+        _record_edges(namespace, name, (canary_revision, canary), (stable_revision, stable))
         result = evaluate(
             canary, stable if stable.total_requests > 0 else None, spec, now, (), evidence
         )
@@ -329,10 +361,16 @@ class PrometheusSource:
 
 
 def _nested(series: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
+    return _by(series, "feature", "bin")
+
+
+def _by(
+    series: list[tuple[dict[str, str], float]], outer: str, inner: str
+) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for labels, value in series:
         if math.isfinite(value):
-            out.setdefault(labels.get("feature", ""), {})[labels.get("bin", "")] = value
+            out.setdefault(labels.get(outer, ""), {})[labels.get(inner, "")] = value
     return out
 
 
@@ -366,6 +404,7 @@ class AnalysisSources:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept about one ModelDeployment."""
         self.pods.forget(namespace, name)
+        compare.EDGES.forget(namespace, name)
 
     async def close(self) -> None:
         """Close every HTTP session."""

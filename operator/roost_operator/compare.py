@@ -86,3 +86,41 @@ def tag_deltas(
             assert held is not None  # keep implies it
             out[(name, tuple(sorted((*labels, ("version", held)))))] = value
     return out
+
+
+class RevisionEdges:
+    """Output bin uppers per (namespace, ModelDeployment, revision), as its pods exported them.
+
+    Filled by the analysis sources from every scrape of either arm, read by the runtime push's
+    ``compare`` builder for the stable revision. Kept in memory only: it is a fact about the
+    pods (their profile), read again at the first analysis after an operator restart, and the
+    gates never judge counts of edges the stable's own pods did not confirm (`version`).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._edges: dict[tuple[str, str, str], dict[str, float]] = {}
+
+    def record(self, namespace: str, name: str, revision: str, uppers: Mapping[str, float]) -> None:
+        """Remember one revision's uppers (a classifier's empty map is not recorded)."""
+        if not uppers or not revision:
+            return
+        key = (namespace, name, revision)
+        self._edges.pop(key, None)
+        self._edges[key] = dict(uppers)
+        while len(self._edges) > self._limit:  # oldest first: dicts keep insertion order
+            del self._edges[next(iter(self._edges))]
+
+    def section(self, namespace: str, name: str, revision: str) -> dict[str, Any] | None:
+        """The ``compare`` section for `revision` as the stable, or None while unknown."""
+        uppers = self._edges.get((namespace, name, revision))
+        return section_for_stable(uppers) if uppers else None
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is known of one ModelDeployment (deleted)."""
+        for key in [k for k in self._edges if k[:2] == (namespace, name)]:
+            del self._edges[key]
+
+
+EDGES = RevisionEdges()
+"""The operator process's one table (the sources write, the push reads)."""

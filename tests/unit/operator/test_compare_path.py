@@ -10,6 +10,7 @@ would hand it over.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from roost_operator import compare
 from roost_operator.analysis import PodsSource
+from roost_operator.builders import Owner
 from roost_operator.gates import AnalysisResult, parse_exposition, sum_by
 from roost_operator.pods import PodTarget
+from roost_operator.rollout import RevisionRef, RolloutState
+from roost_operator.runtime_push import RuntimeContext, build_document, compare_section
 from roost_operator.sequential import MIN_INTERVALS
 from roost_operator.spec import parse_spec
 from roost_operator.verdicts import GateVerdict
@@ -199,3 +203,29 @@ async def test_counts_from_before_a_push_or_across_a_new_version_are_left_out(
     assert "on the stable's bins" in _divergence(result).words
     rows = result.evidence["compare"]["state"] if result.evidence else None
     assert rows is not None
+
+
+def test_the_push_carries_the_stables_edges_once_an_analysis_read_them() -> None:
+    owner = Owner("wine", "ns-compare", "uid-md")
+    spec = parse_spec({"model": {"uri": "file:///m.onnx"}})
+    state = RolloutState(RevisionRef("r1", "m"), None, None, (), {})
+    ctx = RuntimeContext(owner, spec, state, {})
+    assert "compare" not in build_document(ctx)["sections"]  # nothing read yet
+    compare.EDGES.record("ns-compare", "wine", "r2", {"0": 9.0, "1": math.inf})  # the canary's
+    compare.EDGES.record("ns-compare", "wine", "r1", {"0": 4.0, "1": 5.0, "2": math.inf})
+    doc = build_document(ctx)
+    assert doc["sections"]["compare"] == {
+        "version": compare.version([4.0, 5.0]),
+        "edges": [4.0, 5.0],
+    }
+    # After a promotion r2 is the stable: its own edges, a new version, a new document.
+    promoted = RuntimeContext(
+        owner, spec, RolloutState(RevisionRef("r2", "m"), None, None, (), {}), {}
+    )
+    assert build_document(promoted)["sections"]["compare"]["edges"] == [9.0]
+    assert build_document(promoted)["version"] != doc["version"]
+    compare.EDGES.forget("ns-compare", "wine")
+    assert "compare" not in build_document(ctx)["sections"]
+    # A classifier exports no uppers: no section.
+    compare.EDGES.record("ns-compare", "wine", "r1", {})
+    assert compare_section(ctx) is None

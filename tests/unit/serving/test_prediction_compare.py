@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from roost_serving.compare import MAX_EDGES, CompareBins, CompareError, parse_section
+from roost_serving.config import Settings
 from roost_serving.monitor import DriftMonitor
 from roost_serving.profile import (
     ClassificationPrediction,
@@ -165,3 +171,46 @@ def test_concurrent_batches_and_pushes_lose_no_prediction() -> None:
     # 0.0 falls in bin 0 of either edge set: every row is counted exactly once.
     assert sum(bins.counts().values()) == 4 * 200 * 100
     assert bins.counts()["0"] == 4 * 200 * 100
+
+
+def test_roost_serve_counts_on_edges_pushed_through_the_runtime_endpoint(
+    start_server: Any, example_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real path: the wine regressor with its profile, the section PUT as the operator does.
+    monkeypatch.setenv("ROOST_RUNTIME_TOKEN", "t0ken")
+    model = example_models["wine-regressor"]
+    server = start_server(
+        Settings(
+            model=str(model / "model.onnx"),
+            profile=str(model / "profile.json"),
+            name="wine",
+            revision="r1",
+        )
+    )
+    rows = json.loads((model / "sample.json").read_text())["rows"][:40]
+    section = {"version": "stable-abc", "edges": [0.0, 1e9]}  # nearly all in bin 1
+    doc = {"version": "d1", "sections": {"compare": section}}
+    auth = {"Authorization": "Bearer t0ken"}
+    assert httpx.put(server.url + "/v2/roost/runtime", json=doc, headers=auth).status_code == 200
+    body = {"inputs": [{"name": "X", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                        "data": [v for r in rows for v in r]}]}  # fmt: skip
+    r = httpx.post(server.url + "/v2/models/wine/infer", json=body)
+    assert r.status_code == 200, r.text
+    metrics = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)
+        for s in f.samples
+    }
+    labels = {"model": "wine", "revision": "r1"}
+
+    def sample(name: str, **extra: str) -> float | None:
+        return metrics.get((name, tuple(sorted({**labels, **extra}.items()))))
+
+    counted = [sample("roost_prediction_compare_total", bin=b) for b in ("0", "1", "2", "other")]
+    assert sum(c or 0 for c in counted) == len(rows)
+    assert counted[1] == len(rows)  # wine quality predictions are all in (0, 1e9]
+    assert sample("roost_prediction_compare_info", version="stable-abc") == 1
+    # A section the pod cannot use leaves the edges in use (the subscriber's error is logged).
+    bad = {"version": "d2", "sections": {"compare": {"version": "x", "edges": [2.0, 1.0]}}}
+    assert httpx.put(server.url + "/v2/roost/runtime", json=bad, headers=auth).status_code == 200
+    assert server.plane.monitor.compare.version == "stable-abc"
