@@ -183,6 +183,18 @@ class PodsSource:
         return evaluate(canary, stable, spec, now, notes, evidence)
 
 
+def compare_query(selector: str, window: str) -> str:
+    """PromQL: compare counts by (version, bin) of the pods that held one version of the
+    pushed edges all `window` long (one info series in it), labelled with that version."""
+    info = f"{compare.COMPARE_INFO}{{{selector}}}"
+    one_version = f"count by (pod) (count_over_time({info}[{window}])) == 1"
+    return (
+        f"sum by (version, bin) (increase({compare.COMPARE}{{{selector}}}[{window}]) "
+        f"* on (pod) group_left (version) (min_over_time({info}[{window}]) and on (pod) "
+        f"({one_version})))"
+    )
+
+
 def _record_edges(namespace: str, name: str, *arms: tuple[str, RevisionWindow | None]) -> None:
     """What the runtime push's ``compare`` section needs: each revision's own output edges."""
     for revision, window in arms:
@@ -276,15 +288,7 @@ class PrometheusSource:
             self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
             self.query(f"max by (feature, digest) (roost_feature_bins_info{{{sel}}})", at),
             self.query(f"max by (bin) (roost_prediction_bin_upper{{{sel}}})", at),
-            # Compare counts of pods that held one version of the pushed edges all window long
-            # (their info series at 1 throughout), labelled with that version.
-            self.query(
-                f"sum by (version, bin) (increase({compare.COMPARE}{{{sel}}}[{w}]) * on (pod) "
-                f"group_left (version) (min_over_time({compare.COMPARE_INFO}{{{sel}}}[{w}]) "
-                f"and on (pod) (count by (pod) (count_over_time({compare.COMPARE_INFO}"
-                f"{{{sel}}}[{w}])) == 1)))",
-                at,
-            ),
+            self.query(compare_query(sel, w), at),
         )
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}

@@ -445,18 +445,7 @@ class DriftMonitor(Collector):
                 edges_f.add_metric([*self._labels, b], upper)
         return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f, digest_f]
 
-    def _families(
-        self,
-    ) -> tuple[
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-        CounterMetricFamily,
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-    ]:
+    def _families(self) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
         base = ["model", "revision"]
         return (
             GaugeMetricFamily(
