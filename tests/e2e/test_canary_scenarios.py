@@ -70,6 +70,8 @@ class Rollout:
     paused: list[str] = field(default_factory=list)
     """Every `lastAnalysis.paused` seen: the routing check paused the rollout."""
     expect_routing_mismatch: bool = False
+    divergence: list[str] = field(default_factory=list)
+    """The divergence gate's words of every analysis seen (changes only)."""
 
     @property
     def path(self) -> str:
@@ -97,6 +99,9 @@ class Rollout:
         words = next((g["message"] for g in last.get("gates") or [] if g["name"] == "routing"), "")
         if words and (not self.routing or self.routing[-1] != words):
             self.routing.append(words)
+        gates = {g["name"]: g["message"] for g in last.get("gates") or []}
+        if gates.get("divergence") and gates["divergence"] not in self.divergence[-1:]:
+            self.divergence.append(gates["divergence"])
         if last.get("paused") and last["paused"] not in self.paused:
             self.paused.append(last["paused"])
 
@@ -655,3 +660,36 @@ def test_inputs_routed_unevenly_pause_the_rollout(rollout: Rollout, tmp_path: Pa
         f"SCENARIO routing-mismatch: paused after {paused_after:.1f} s and {requests} canary "
         f"requests ({stalled['message']})"
     )
+
+
+def test_a_retrained_profile_is_judged_on_the_stables_bins(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    # The same regressor with a retrained profile: other output edges (every other one of the
+    # stable's, 10 bins instead of 20). Its own bins cannot be compared with the stable's; the
+    # pushed section `compare` makes both arms count on the stable's, so the enforced
+    # divergence gate passes it (the old code showed it in observe mode, never judged).
+    gates = {"errorRate": {"margin": 0.02}, "divergence": {"margin": 0.1}}
+    steps = [{"weight": 50, "pause": "10s"}]
+    _copy_model(rollout, tmp_path, "wine-regressor", "wine-regressor-retrained")
+    path = rollout.models["wine-regressor-retrained"] / "profile.json"
+    profile = json.loads(path.read_text())
+    pred = profile["prediction"]
+    freqs = pred["frequencies"]
+    pred["edges"] = pred["edges"][1::2]
+    pred["frequencies"] = [sum(freqs[i : i + 2]) for i in range(0, len(freqs), 2)]
+    assert len(pred["frequencies"]) == len(pred["edges"]) + 1
+    path.write_text(json.dumps(profile))
+    rollout.apply("wine-regressor", steps, gates, analysis=SEQUENTIAL)
+    stable = rollout.wait(lambda: (rollout.status().get("stable") or {}).get("revision"), "stable")
+    rollout.wait(lambda: rollout.ready_pods(stable, 2), "2 Ready pods of the stable revision")
+    with Traffic(rollout.api, rollout.namespace, "wine", rollout.rows(), rate=40, duration=300):
+        rollout.apply("wine-regressor-retrained", steps, gates, analysis=SEQUENTIAL)
+        canary = rollout.new_canary(stable)
+        st = rollout.verdict("Promoted", "retrained-profile", timeout=300)
+    entry = st["history"][-1]
+    assert entry["revision"] == canary
+    assert entry["reason"] == "passed all 1 steps", entry  # passed, not by the deadline policy
+    judged = [w for w in rollout.divergence if "on the stable's bins" in w]
+    assert judged, rollout.divergence
+    print(f"SCENARIO retrained-profile: {judged[-1]}")
