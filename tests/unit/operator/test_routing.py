@@ -90,6 +90,28 @@ def test_features_with_other_profile_bins_are_skipped() -> None:
     assert "no input feature" in check.words
 
 
+def test_equal_shares_on_other_edges_are_skipped_by_the_pods_bins_digest() -> None:
+    # Two profiles with quantile bins hold the same shares on other edges: only the digest the
+    # pods export (roost_feature_bins_info) tells them apart. The same skew as above, which
+    # pauses when both bin alike, is then no routing evidence.
+    rng = np.random.default_rng(3)
+    skewed = np.array([0.2, 0.15, 0.25, 0.25, 0.15])
+    digests = dict.fromkeys(FEATURES, "edges-a")
+    retrained = {**digests, FEATURES[0]: "edges-b"}
+    evidence: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for _ in range(30):
+        c, s = _rows(rng, 200, skewed), _rows(rng, 800, SHARES)
+        skipped = check_routing(evidence, c, REFERENCE, s, REFERENCE, binning=(retrained, digests))
+        alike = check_routing(other, c, REFERENCE, s, REFERENCE, binning=(digests, digests))
+    assert skipped.features == len(FEATURES) - 1
+    assert not skipped.mismatch or f"{FEATURES[0]}/" not in skipped.words
+    assert alike.mismatch
+    # A pod that says nothing of its bins (no digest) is never compared.
+    unknown = check_routing({}, c, REFERENCE, s, REFERENCE, binning=({}, digests))
+    assert unknown.features == 0
+
+
 def _spec(gates: dict[str, object]) -> AnalysisSpec:
     raw = {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": {"gates": gates}}}
     return parse_spec(raw).rollout.analysis
