@@ -604,6 +604,9 @@ def main() -> None:
         f"{'; '.join(agreement) or '-'}"
     )
     print(f"cells whose false-rollback upper bound exceeds alpha: {failures or 'none'}")
+    import bench_routing  # beside this file (benchmarks/ is on sys.path when run as a script)
+
+    print("\n".join(bench_routing.table(sims)))
     print(f"{time.perf_counter() - started:.0f} s")
 
 

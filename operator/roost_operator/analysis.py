@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from roost_operator import compare
 from roost_operator.gates import (
     AnalysisResult,
     RevisionWindow,
@@ -156,7 +157,9 @@ class PodsSource:
             self._previous[key] = scrape
             if previous is None:
                 continue
-            deltas[pod.uid], reset = counter_deltas(previous, scrape)
+            delta, reset = counter_deltas(previous, scrape)
+            # Compare counts only from pods that held the same pushed edges all interval long.
+            deltas[pod.uid] = compare.tag_deltas(delta, previous.gauges, scrape.gauges)
             if reset:
                 notes.append(f"pod {pod.name} restarted; its counters count from zero")
         # Pods that are gone (scaled down, replaced, promoted away) keep no baseline.
@@ -190,7 +193,27 @@ class PodsSource:
             if stable_deltas
             else None
         )
+        _record_edges(namespace, name, (canary_revision, canary), (stable_revision, stable))
         return evaluate(canary, stable, spec, now, notes, evidence)
+
+
+def compare_query(selector: str, window: str) -> str:
+    """PromQL: compare counts by (version, bin) of the pods that held one version of the
+    pushed edges all `window` long (one info series in it), labelled with that version."""
+    info = f"{compare.COMPARE_INFO}{{{selector}}}"
+    one_version = f"count by (pod) (count_over_time({info}[{window}])) == 1"
+    return (
+        f"sum by (version, bin) (increase({compare.COMPARE}{{{selector}}}[{window}]) "
+        f"* on (pod) group_left (version) (min_over_time({info}[{window}]) and on (pod) "
+        f"({one_version})))"
+    )
+
+
+def _record_edges(namespace: str, name: str, *arms: tuple[str, RevisionWindow | None]) -> None:
+    """What the runtime push's ``compare`` section needs: each revision's own output edges."""
+    for revision, window in arms:
+        if window is not None:
+            compare.EDGES.record(namespace, name, revision, window.prediction_edges)
 
 
 class PrometheusError(Exception):
@@ -256,7 +279,18 @@ class PrometheusSource:
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
         # Request counts and latency: user traffic only, never roost's validation or copies.
         client = f'{sel},source!~"validation|shadow"'
-        requests, buckets, predictions, psi, rows, bins, reference = await asyncio.gather(
+        (
+            requests,
+            buckets,
+            predictions,
+            psi,
+            rows,
+            bins,
+            reference,
+            binning,
+            edges,
+            counts,
+        ) = await asyncio.gather(
             self.query(f"sum by (code) (increase(roost_requests_total{{{client}}}[{w}]))", at),
             self.query(
                 f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{client}}}[{w}]))",
@@ -269,6 +303,9 @@ class PrometheusSource:
                 f"sum by (feature, bin) (increase(roost_feature_bin_total{{{sel}}}[{w}]))", at
             ),
             self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
+            self.query(f"max by (feature, digest) (roost_feature_bins_info{{{sel}}})", at),
+            self.query(f"max by (bin) (roost_prediction_bin_upper{{{sel}}})", at),
+            self.query(compare_query(sel, w), at),
         )
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
@@ -292,6 +329,9 @@ class PrometheusSource:
             buckets={float(le): v for le, v in cumulative.items()},
             feature_bins=_nested(bins),
             reference=_nested(reference),
+            binning={labels.get("feature", ""): labels.get("digest", "") for labels, _ in binning},
+            prediction_edges={labels.get("bin", ""): v for labels, v in edges},
+            compare=_by(counts, "version", "bin"),
         )
 
     async def analyse(
@@ -345,6 +385,7 @@ class PrometheusSource:
             )
         except PrometheusError as e:
             return inconclusive(now, f"prometheus at {self.url}: {e}")
+        _record_edges(namespace, name, (canary_revision, canary), (stable_revision, stable))
         result = evaluate(
             canary, stable if stable.total_requests > 0 else None, spec, now, (), evidence
         )
@@ -354,10 +395,16 @@ class PrometheusSource:
 
 
 def _nested(series: list[tuple[dict[str, str], float]]) -> dict[str, dict[str, float]]:
+    return _by(series, "feature", "bin")
+
+
+def _by(
+    series: list[tuple[dict[str, str], float]], outer: str, inner: str
+) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for labels, value in series:
         if math.isfinite(value):
-            out.setdefault(labels.get("feature", ""), {})[labels.get("bin", "")] = value
+            out.setdefault(labels.get(outer, ""), {})[labels.get(inner, "")] = value
     return out
 
 
@@ -391,6 +438,7 @@ class AnalysisSources:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept about one ModelDeployment."""
         self.pods.forget(namespace, name)
+        compare.EDGES.forget(namespace, name)
 
     async def close(self) -> None:
         """Close every HTTP session."""

@@ -21,6 +21,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from roost_serving import drift
 
+from roost_operator.compare import COMPARE
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import rfc3339_seconds
 from roost_operator.verdicts import Counts, GateVerdict, judge_interval
@@ -37,6 +38,7 @@ DRIFT_ROWS = "roost_drift_window_rows"
 FEATURE_BINS = "roost_feature_bin_total"
 FEATURE_REFERENCE = "roost_feature_reference_share"
 PREDICTION_EDGES = "roost_prediction_bin_upper"
+FEATURE_BINNING = "roost_feature_bins_info"
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -234,6 +236,10 @@ class RevisionWindow:
     """The profile's share per feature bin, as the canary's pods export it."""
     prediction_edges: Mapping[str, float] = field(default_factory=dict)
     """Upper edge per output bin (regressors), as the revision's pods export it."""
+    compare: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Predictions per version of the pushed (stable's) edges and bin (`roost_operator.compare`)."""
+    binning: Mapping[str, str] = field(default_factory=dict)
+    """A hash of each feature's profile bins, as the revision's pods export it."""
 
     @property
     def total_requests(self) -> float:
@@ -249,6 +255,8 @@ class RevisionWindow:
             feature_bins=self.feature_bins,
             reference=self.reference,
             prediction_edges=self.prediction_edges,
+            compare=self.compare,
+            binning=self.binning,
         )
 
 
@@ -287,6 +295,13 @@ def window_from_samples(
         (r for g in gauges if (r := nested_sum(g, FEATURE_REFERENCE, "feature", "bin"))), {}
     )
     edges = next((e for g in gauges if (e := sum_by(g, PREDICTION_EDGES, "bin"))), {})
+    binning = next(
+        (b for g in gauges if (b := nested_sum(g, FEATURE_BINNING, "feature", "digest"))), {}
+    )
+    compare: dict[str, dict[str, float]] = {}
+    for d in deltas:  # compare series carry a version label only once `compare.tag_deltas` ran
+        for v, row in nested_sum(d, COMPARE, "version", "bin").items():
+            compare[v] = add_maps([compare.get(v, {}), row])
     return RevisionWindow(
         requests=add_maps(sum_by(d, REQUESTS, "code") for d in deltas),
         p99_seconds=None if math.isnan(p99) else p99,
@@ -297,6 +312,8 @@ def window_from_samples(
         feature_bins=feature_bins,
         reference=reference,
         prediction_edges=edges,
+        compare={v: row for v, row in compare.items() if v},
+        binning={f: min(digests) for f, digests in binning.items() if digests},
     )
 
 
@@ -313,16 +330,22 @@ class AnalysisResult:
     """The accumulated evidence to persist (None: unchanged, e.g. no baseline yet)."""
     decisive: bool = False
     """A sequential gate failed with confidence: roll back now, no `failureLimit` applies."""
+    paused: str = ""
+    """The routing check found canary and stable on different traffic: the rollout pauses
+    (no verdict, no deadline policy) and this says why; empty otherwise."""
 
     def to_status(self) -> dict[str, Any]:
         """`status.canary.lastAnalysis` as in the contract."""
-        return {
+        out = {
             "time": rfc3339_seconds(self.time),
             "verdict": self.verdict,
             "message": self.message,
             "canaryRequests": self.canary_requests,
             "gates": [g.to_status() for g in self.gates],
         }
+        if self.paused:
+            out["paused"] = self.paused
+        return out
 
     def gate(self, name: str) -> GateVerdict | None:
         """The named gate's result, if that gate ran."""
@@ -393,4 +416,5 @@ def evaluate(
         message=message,
         evidence=judged.evidence,
         decisive=decisive,
+        paused=judged.paused,
     )

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from kubernetes.client.exceptions import ApiException
 
-from roost_operator import shadow
+from roost_operator import compare, shadow
 from roost_operator.applier import Applier
 from roost_operator.builders import Owner, common_labels, runtime_secret_name
 from roost_operator.pods import PodTarget, RevisionPods
@@ -90,7 +90,21 @@ def shadow_section(ctx: RuntimeContext) -> Section | None:
     return shadow.shadow_section(ctx.spec, ctx.state, ctx.pods)
 
 
-SECTION_BUILDERS: dict[str, SectionBuilder] = {"peers": peers_section, "shadow": shadow_section}
+def compare_section(ctx: RuntimeContext) -> Section | None:
+    """``compare``: the stable revision's output bin edges (`roost_operator.compare`), so every
+    pod of every revision also counts its predictions on the stable's bins; None for a
+    classifier or while no analysis has read the stable pods' edges yet."""
+    stable = ctx.state.stable
+    if stable is None:
+        return None
+    return compare.EDGES.section(ctx.owner.namespace, ctx.owner.name, stable.revision)
+
+
+SECTION_BUILDERS: dict[str, SectionBuilder] = {
+    "peers": peers_section,
+    "shadow": shadow_section,
+    "compare": compare_section,
+}
 """One builder per feature; a builder returning None leaves its section out."""
 
 

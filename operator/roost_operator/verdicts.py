@@ -34,6 +34,9 @@ import numpy as np
 from roost_serving import drift
 
 from roost_operator import sequential as sq
+from roost_operator.compare import edges_from_uppers
+from roost_operator.compare import version as compare_version
+from roost_operator.routing import check_routing
 from roost_operator.spec import (
     AnalysisSpec,
     DivergenceGate,
@@ -73,6 +76,10 @@ class Counts:
     """The profile's share per feature and bin (gauges: the latest value, not an increase)."""
     prediction_edges: Mapping[str, float] = field(default_factory=dict)
     """Upper edge per output bin of a regressor (gauges); empty for classifiers."""
+    compare: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Predictions per version of the pushed (stable's) output edges and bin."""
+    binning: Mapping[str, str] = field(default_factory=dict)
+    """A hash of each feature's profile bins (gauges): which features both arms bin alike."""
 
     def by_class(self) -> dict[str, float]:
         """Requests per `CLASSES` entry."""
@@ -280,37 +287,44 @@ def _same_bins(canary: Counts, stable: Counts) -> bool:
 def _divergence_gate(
     evidence: dict[str, Any], canary: Counts, stable: Counts, gate: DivergenceGate, alpha: float
 ) -> GateVerdict:
+    key, on, c_bins, s_bins = "divergence", "", canary.predictions, stable.predictions
     if not _same_bins(canary, stable):
         # A retrained regressor's profile has other output edges: bin i of one revision is not
-        # bin i of the other, so comparing them would blame the canary for the binning. Such
-        # a gate is not judged (and cannot hold the rollout up): observe, with the reason.
-        words = (
-            "divergence: canary and stable bin predictions with different output edges "
-            "(a retrained profile); not judged"
-        )
-        return GateVerdict("divergence", "observe", "inconclusive", margin=gate.margin, words=words)
-    bins = sorted(set(canary.predictions) | set(stable.predictions))
-    nc, ns = sum(canary.predictions.values()), sum(stable.predictions.values())
+        # bin i of the other. Both arms also count on the stable's edges, pushed to every pod
+        # (roost_operator.compare): judge those, for the stable's own edges' version only.
+        v = compare_version(edges_from_uppers(stable.prediction_edges))
+        key, on = "compare", f" on the stable's bins ({v})"
+        c_bins, s_bins = canary.compare.get(v) or {}, stable.compare.get(v) or {}
+        if not evidence.get(key) and not (c_bins and s_bins):
+            words = (
+                "divergence: canary and stable bin predictions with different output edges (a "
+                f"retrained profile); waiting for both to count on the stable's edges ({v})"
+            )
+            return GateVerdict(
+                "divergence", gate.mode, "inconclusive", margin=gate.margin, words=words
+            )
+    bins = sorted(set(c_bins) | set(s_bins))
+    nc, ns = sum(c_bins.values()), sum(s_bins.values())
     verdict, worst, state, lower, upper = _bins_gate(
         evidence,
-        "divergence",
+        key,
         bins,
-        [canary.predictions.get(b, 0.0) for b in bins],
+        [c_bins.get(b, 0.0) for b in bins],
         [nc] * len(bins),
-        [stable.predictions.get(b, 0.0) for b in bins],
+        [s_bins.get(b, 0.0) for b in bins],
         [ns] * len(bins),
         None,
         gate.margin,
         alpha,
     )
-    order = evidence["divergence"]["bins"]
+    order = evidence[key]["bins"]
     js = (
         drift.js_distance(state.x_c, state.x_s)
         if state.x_c.sum() > 0 and state.x_s.sum() > 0
         else None
     )
     return _bins_verdict(
-        "divergence", f"predictions {order[worst]!s} share", gate.mode, verdict,
+        "divergence", f"predictions {order[worst]!s} share{on}", gate.mode, verdict,
         state, worst, lower, upper, gate.margin, js, "JS", alpha,
     )  # fmt: skip
 
@@ -377,6 +391,8 @@ class Judged:
     evidence: dict[str, Any]
     canary_requests: float
     message: str
+    paused: str = ""
+    """Why the rollout must pause (the routing check found non-random routing), or empty."""
 
 
 def judge_interval(
@@ -416,6 +432,23 @@ def judge_interval(
         out.append(_drift_gate(ev, canary, g.drift, alpha))
     enforced = [v for v in out if v.mode == "enforce"]
     served = sum(totals["canary"].values())
+    routing = check_routing(
+        ev,
+        canary.feature_bins,
+        canary.reference,
+        stable.feature_bins,
+        stable.reference,
+        # Pods export how they bin; hand-made counts (tests, benchmarks) without it compare by
+        # the shares alone.
+        binning=(canary.binning, stable.binning) if canary.binning or stable.binning else None,
+    )
+    if routing.features:
+        # Shown beside the gates, never as a failing one: a mismatch is no model verdict.
+        out.append(GateVerdict("routing", "observe", "inconclusive", words=routing.words))
+    if routing.mismatch:
+        # Canary and stable did not see the same traffic: no comparison can be trusted, so
+        # neither a pass nor a fail; the rollout pauses for a person (rollout.machine).
+        return Judged("inconclusive", tuple(out), ev, served, routing.words, routing.words)
     if any(v.verdict == "fail" for v in enforced):
         verdict = "fail"
         message = "; ".join(v.words for v in enforced if v.verdict == "fail")

@@ -209,6 +209,9 @@ class DataPlane:
         batcher.start()
         self.model, self.monitor, self.batcher = model, monitor, batcher
         self.shadow.batchable = model.batchable
+        if monitor.compare is not None:
+            # The stable's output edges, pushed by the operator (roost_serving.compare).
+            self.runtime.subscribe("compare", monitor.compare.apply)
         # Everything allocated so far (imports, app, model) lives as long as the process; moving
         # it out of the collector's generations keeps full collections, which otherwise walk
         # every one of those objects and stall the loop for milliseconds, short.

@@ -17,14 +17,21 @@ operator-side gate maths and the serving monitor can share it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "PSI_FLOOR",
     "BinnedWindow",
+    "ClassLookup",
     "bin_indices",
     "binned_ks",
+    "bins_digest",
     "category_indices",
     "histogram",
     "js_distance",
@@ -237,3 +244,36 @@ class BinnedWindow:
         self._counts[self._void] = self.size * self.n_columns
         self._head = 0
         self._rows = 0
+
+
+class ClassLookup:
+    """Maps prediction values to bin indices 0..n-1, anything unknown to ``n`` (``other``)."""
+
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.n = len(classes)
+        self._str = np.asarray(classes, dtype=str)
+        try:
+            ints = np.asarray([int(c) for c in classes], dtype=np.int64)
+        except ValueError:
+            ints = None
+        # Small non-negative integer classes (0, 1, 2, ...: what skl2onnx classifiers output)
+        # get a direct lookup table: one clip and one take per batch.
+        self._table: IntArray | None = None
+        if ints is not None and ints.size and ints.min() >= 0 and ints.max() < 4096:
+            self._table = np.full(int(ints.max()) + 2, self.n, dtype=np.int64)
+            self._table[ints] = np.arange(self.n, dtype=np.int64)
+
+    def __call__(self, values: npt.NDArray[Any]) -> IntArray:
+        table = self._table
+        if table is not None and values.dtype.kind in "iu":
+            # Viewed as unsigned, negative labels become huge and clip to the "other" entry.
+            idx = np.minimum(values.astype(np.uint64, copy=False), table.size - 1)
+            found: IntArray = table[idx]
+            return found
+        return category_indices(values, self._str)
+
+
+def bins_digest(bins: Sequence[float] | Sequence[str]) -> str:
+    """A short hash of one feature's bins (numeric edges or category names)."""
+    text = json.dumps([b if isinstance(b, str) else float(b) for b in bins], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -25,9 +25,13 @@ Series (labels ``model``, ``revision``; see the contract in ``docs/architecture.
   the step the way the window does.
 - ``roost_feature_reference_share{feature,bin}``: the profile's share of each bin, so the
   operator judges drift without fetching the profile itself.
+- ``roost_feature_bins_info{feature,digest}``: a hash of each feature's bins, so the operator
+  compares canary and stable inputs bin by bin only where both profiles bin alike.
 - ``roost_prediction_bin_upper{bin}`` (regressors): each output bin's upper edge, so the
   operator can tell whether canary and stable bin their predictions alike (a retrained
   profile has other edges, and bin ``i`` of one is then not bin ``i`` of the other).
+  Regressors also count their predictions on the *stable's* edges once the operator pushed
+  them: :mod:`roost_serving.compare` (``roost_prediction_compare_total``), ``.compare`` here.
 """
 
 from __future__ import annotations
@@ -43,7 +47,15 @@ import numpy.typing as npt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from roost_serving.drift import BinnedWindow, binned_ks, category_indices, psi
+from roost_serving.compare import CompareBins
+from roost_serving.drift import (
+    BinnedWindow,
+    ClassLookup,
+    binned_ks,
+    bins_digest,
+    category_indices,
+    psi,
+)
 from roost_serving.profile import (
     CategoricalFeature,
     ClassificationPrediction,
@@ -97,33 +109,6 @@ class _CategoricalTracker:
     missing: int
 
 
-class _Lookup:
-    """Maps prediction values to bin indices 0..n-1, anything unknown to ``n`` (``other``)."""
-
-    def __init__(self, classes: tuple[str, ...]) -> None:
-        self.n = len(classes)
-        self._str = np.asarray(classes, dtype=str)
-        try:
-            ints = np.asarray([int(c) for c in classes], dtype=np.int64)
-        except ValueError:
-            ints = None
-        # Small non-negative integer classes (0, 1, 2, ...: what skl2onnx classifiers output)
-        # get a direct lookup table: one clip and one take per batch.
-        self._table: IntArray | None = None
-        if ints is not None and ints.size and ints.min() >= 0 and ints.max() < 4096:
-            self._table = np.full(int(ints.max()) + 2, self.n, dtype=np.int64)
-            self._table[ints] = np.arange(self.n, dtype=np.int64)
-
-    def __call__(self, values: npt.NDArray[Any]) -> IntArray:
-        table = self._table
-        if table is not None and values.dtype.kind in "iu":
-            # Viewed as unsigned, negative labels become huge and clip to the "other" entry.
-            idx = np.minimum(values.astype(np.uint64, copy=False), table.size - 1)
-            found: IntArray = table[idx]
-            return found
-        return category_indices(values, self._str)
-
-
 class DriftMonitor(Collector):
     """Sliding-window drift and prediction-distribution metrics for one served model.
 
@@ -157,6 +142,10 @@ class DriftMonitor(Collector):
         self._window = BinnedWindow(window, len(self._features), self._n_slots)
         self._bin_totals = np.zeros(self._n_slots, dtype=np.int64)
         self._plan_prediction()
+        # Regressors only: class labels are the same for every revision, output edges are not.
+        self.compare: CompareBins | None = None
+        if isinstance(self._pred, RegressionPrediction):
+            self.compare = CompareBins(model, revision)
         # Arrays to keep per batch: every tracked input, then the prediction output.
         self._kept = sorted({g.input for g in self._numeric} | {c.input for c in self._categorical})
         self._pending: list[tuple[int, tuple[np.ndarray[Any, Any] | None, ...]]] = []
@@ -164,6 +153,8 @@ class DriftMonitor(Collector):
         self._pending_rows = 0
         if profile is not None:
             registry.register(self)
+        if self.compare is not None:
+            registry.register(self.compare)
 
     # ------------------------------------------------------------------ set-up
 
@@ -176,6 +167,13 @@ class DriftMonitor(Collector):
         self._offsets = np.concatenate([[0], np.cumsum(n_bins)]).astype(np.int64)
         real = int(self._offsets[-1])
         self._n_slots = real + len(self._features)
+        # Which bins a feature has, as a short hash: two profiles with the same shares may bin
+        # on other edges (quantile bins always hold 10 %), so the operator's routing check
+        # compares canary and stable inputs only where this digest is the same.
+        self._digests = [
+            bins_digest(f.edges if isinstance(f, NumericFeature) else f.categories)
+            for f in self._features
+        ]
         self._reference = [
             np.asarray(
                 f.frequencies + ((f.other_frequency,) if isinstance(f, CategoricalFeature) else ()),
@@ -229,10 +227,10 @@ class DriftMonitor(Collector):
         pred = self.profile.prediction if self.profile is not None else None
         self._pred = pred
         self._pred_edges: npt.NDArray[np.float64] | None = None
-        self._lookup: _Lookup | None = None
+        self._lookup: ClassLookup | None = None
         if isinstance(pred, ClassificationPrediction):
             self._bins = list(pred.classes)
-            self._lookup = _Lookup(pred.classes)
+            self._lookup = ClassLookup(pred.classes)
         elif isinstance(pred, RegressionPrediction):
             self._bins = [str(i) for i in range(len(pred.frequencies))]
             self._pred_edges = np.asarray(pred.edges, dtype=np.float64)
@@ -319,6 +317,8 @@ class DriftMonitor(Collector):
         self._bin_totals += np.bincount(slots.ravel(), minlength=self._n_slots)
         if pred_bins is not None:
             self._pred_counts += np.bincount(pred_bins, minlength=self._pred_counts.size)
+        if self.compare is not None and self._pred is not None:
+            self.compare.observe(outputs.get(self._pred.output))
 
     def _gather(self, inputs: Mapping[str, npt.NDArray[Any]], n: int) -> IntArray:
         slots = np.empty((n, len(self._features)), dtype=np.int64)
@@ -424,7 +424,7 @@ class DriftMonitor(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Compute the drift series from the current window (called on every scrape)."""
-        psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f = self._families()
+        psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f, digest_f = self._families()
         for name, (p, k) in self.statistics().items():
             psi_f.add_metric([*self._labels, name], p)
             ks_f.add_metric([*self._labels, name], k)
@@ -438,23 +438,14 @@ class DriftMonitor(Collector):
                 bins_f.add_metric([*self._labels, name, b], float(c))
                 if b != "missing":
                     ref_f.add_metric([*self._labels, name, b], float(share[int(b)]))
+            digest_f.add_metric([*self._labels, name, self._digests[i]], 1.0)
         if self._pred_edges is not None:
             uppers = [*self._pred_edges.tolist(), float("inf")]
             for b, upper in zip(self._bins, uppers, strict=False):
                 edges_f.add_metric([*self._labels, b], upper)
-        return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f]
+        return [psi_f, ks_f, rows_f, pred_f, bins_f, ref_f, edges_f, digest_f]
 
-    def _families(
-        self,
-    ) -> tuple[
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-        CounterMetricFamily,
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        GaugeMetricFamily,
-    ]:
+    def _families(self) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
         base = ["model", "revision"]
         return (
             GaugeMetricFamily(
@@ -489,6 +480,11 @@ class DriftMonitor(Collector):
                 "roost_prediction_bin_upper",
                 "Upper edge of each output bin of roost_predictions_total (regressors)",
                 labels=[*base, "bin"],
+            ),
+            GaugeMetricFamily(
+                "roost_feature_bins_info",
+                "1 for the hash of each feature's profile bins (edges or categories)",
+                labels=[*base, "feature", "digest"],
             ),
         )
 

@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -121,13 +121,17 @@ class Traffic:
         datatype: str = "FP32",
         timeout: float = 5.0,
         seed: int = 0,
+        rows_by_revision: Mapping[str, Sequence[Sequence[float]]] | None = None,
     ) -> None:
-        if not rows:
+        if not rows or not all((rows_by_revision or {}).values()):
             raise ValueError("rows must not be empty")
         if rate <= 0 or duration <= 0:
             raise ValueError("rate and duration must be positive")
         self.api, self.namespace, self.modeldeployment = api, namespace, modeldeployment
         self.rows, self.rate, self.duration = rows, rate, duration
+        # Rows of their own for some revisions: traffic that is not split at random (a test
+        # of the operator's routing check), every other revision draws from `rows`.
+        self.rows_by_revision = dict(rows_by_revision or {})
         self.limit = min(count if count is not None else int(rate * duration) + 1, MAX_REQUESTS)
         self.input_name, self.datatype, self.timeout = input_name, datatype, timeout
         # Rows are drawn at random, not cycled: cycling in step with the round-robin over pods
@@ -217,7 +221,8 @@ class Traffic:
                 if due > now:
                     self._stop.wait(due - now)
                 target = targets[next(turn) % len(targets)]
-                body = infer_body(self._rng.choice(self.rows), self.input_name, self.datatype)
+                rows = self.rows_by_revision.get(target.revision, self.rows)
+                body = infer_body(self._rng.choice(rows), self.input_name, self.datatype)
                 try:
                     code = http.post(target.url, json=body).status_code
                 except httpx.HTTPError:

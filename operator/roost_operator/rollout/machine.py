@@ -259,6 +259,8 @@ def _record(t: _Tick, state: RolloutState, analysis: AnalysisResult) -> RolloutS
     c = state.canary
     assert c is not None
     record = analysis.to_status()
+    if analysis.paused and not (c.last_analysis or {}).get("paused"):
+        t.emit("Warning", "RoutingMismatch", f"{at_step(t.policy, c)}: {analysis.paused}")
     failures = c.consecutive_failures
     if analysis.verdict == "fail":
         failures += 1
@@ -336,6 +338,12 @@ def _advance(t: _Tick, state: RolloutState, started: bool) -> Decision:
     if ready and policy.full_scale(c.step):
         why = "no rollout steps" if not policy.steps else "the stable revision had no ready pods"
         return t.steady(t.promote(state, f"ready at full scale ({why})"))
+    paused = (c.last_analysis or {}).get("paused") if policy.analysis_enabled else None
+    if ready and paused:
+        # The routing check: canary and stable saw different traffic, so no verdict (and no
+        # deadline policy) may act on the comparison; hold the step for a person.
+        decision = _running(t, state)
+        return replace(decision, stalled=("RoutingMismatch", f"{at_step(policy, c)}: {paused}"))
     pause_over = obs.now >= c.step_started_at + timedelta(seconds=policy.pause_seconds(c.step))
     step_passed = _step_passed(policy, c)
     if ready and pause_over and not step_passed and _deadline_over(policy, c, obs.now):

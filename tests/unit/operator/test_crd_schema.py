@@ -270,3 +270,60 @@ def test_no_preserve_unknown_fields(version: dict[str, Any]) -> None:
     # A full schema prunes typos instead of storing them silently.
     nodes = _walk(version["schema"]["openAPIV3Schema"])
     assert [p for p, n in nodes if n.get("x-kubernetes-preserve-unknown-fields")] == []
+
+
+def _prune(value: Any, schema: dict[str, Any]) -> Any:
+    """What the API server stores of `value` under a structural schema: unknown keys dropped."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props is None and isinstance(extra, dict):
+            return {k: _prune(v, extra) for k, v in value.items()}
+        return {k: _prune(v, props[k]) for k, v in value.items() if k in (props or {})}
+    if isinstance(value, list):
+        return [_prune(v, schema.get("items", {})) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("retrained", [False, True])
+def test_every_evidence_key_the_gates_write_is_stored(
+    version: dict[str, Any], retrained: bool
+) -> None:
+    # A key missing from the schema is pruned on every status write: the test it holds would
+    # restart from nothing at each analysis and never reach a verdict (the routing check did).
+    from roost_operator import compare
+    from roost_operator.spec import parse_spec
+    from roost_operator.verdicts import Counts, judge_interval
+
+    gates = {
+        "errorRate": {"margin": 0.02, "clientErrorMargin": 0.05},
+        "latency": {"maxRatio": 1.3},
+        "divergence": {"margin": 0.1},
+        "drift": {"margin": 0.1},
+    }
+    spec = parse_spec(
+        {"model": {"uri": "file:///m.onnx"}, "rollout": {"analysis": {"gates": gates}}}
+    ).rollout.analysis
+    edges = {"0": 1.0, "1": float("inf")}
+    stable_v = compare.section([1.0])["version"]
+
+    def counts(own_edge: float) -> Counts:
+        return Counts(
+            requests={"200": 900.0, "400": 50.0, "500": 50.0},
+            buckets={0.1: 500.0, 1.0: 900.0, float("inf"): 1000.0},
+            predictions={"0": 400.0, "1": 500.0},
+            feature_bins={"f0": {"0": 450.0, "1": 450.0, "missing": 0.0}},
+            reference={"f0": {"0": 0.5, "1": 0.5}},
+            prediction_edges={"0": own_edge, "1": float("inf")},
+            compare={stable_v: {"0": 400.0, "1": 500.0}},
+        )
+
+    stable = counts(1.0)
+    canary = counts(2.0 if retrained else 1.0)
+    assert edges == stable.prediction_edges
+    evidence: Any = None
+    for _ in range(3):
+        evidence = judge_interval(spec, evidence, canary, stable).evidence
+    assert {"routing", "compare" if retrained else "divergence"} <= set(evidence)
+    schema = _at(version["schema"]["openAPIV3Schema"], "status.canary.evidence")
+    assert _prune(evidence, schema) == evidence

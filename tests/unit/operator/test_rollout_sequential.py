@@ -154,3 +154,25 @@ def test_without_deadline_an_inconclusive_step_waits() -> None:
     for t in range(0, 600, 10):
         r.tick(t, result=analysis(t, "inconclusive"))
     assert r.state.canary is not None
+
+
+def test_a_routing_mismatch_pauses_the_step_past_its_deadline() -> None:
+    r = started()
+    why = "routing check: canary and stable receive different inputs (...): rollout paused"
+    paused = replace(analysis(0, "inconclusive"), paused=why, message=why)
+    d = r.tick(0, result=paused)
+    assert [e.reason for e in d.events] == ["RoutingMismatch"]
+    assert r.state.canary is not None
+    assert r.state.canary.last_analysis is not None
+    assert r.state.canary.last_analysis["paused"] == why
+    for t in range(10, 200, 10):  # far past the 60 s deadline (onInconclusive: rollback)
+        d = r.tick(t, result=replace(paused, time=at(t)))
+        assert d.state.canary is not None, t
+        assert d.state.canary.step == 0, t
+        assert d.stalled is not None
+        assert d.stalled[0] == "RoutingMismatch"
+        assert "RoutingMismatch" not in [e.reason for e in d.events]  # said once
+    # Routing fixed (the check no longer finds a mismatch): the gates decide again.
+    d = r.tick(200, result=analysis(200, "pass"))
+    assert d.state.canary is not None
+    assert d.state.canary.step == 1
