@@ -38,6 +38,7 @@ from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
+from roost_serving.feedback import FeedbackService
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
 from roost_serving.limits import (
@@ -62,6 +63,7 @@ from roost_serving.protocol import (
     decode_request,
     encode_response,
 )
+from roost_serving.quality import PredictionTable, QualityMetrics
 from roost_serving.redact import redact_uri
 
 log = logging.getLogger("roost.server")
@@ -96,6 +98,23 @@ class DataPlane:
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
+        self.quality = PredictionTable(
+            QualityMetrics(registry, settings.name, settings.revision),
+            horizon=settings.label_horizon,
+            ttl=settings.feedback_ttl,
+            max_ids=settings.feedback_max_ids,
+        )
+        """Recent predictions by request id, for the feedback join (roost_serving.quality)."""
+        self.peers: Callable[[], list[str]] = lambda: list(settings.feedback_peers)
+        """Base URLs of the other serving pods, where feedback for unknown ids is forwarded."""
+        self.feedback = FeedbackService(
+            self.quality,
+            settings.name,
+            lambda: self.peers(),
+            f"http://{settings.host}:{settings.port}",
+        )
+        self.prediction_output: str | None = None
+        """The output whose values feedback is joined with (the profile's, else the first)."""
         self.load_error: str | None = None
         self.shutting_down = False
         self.on_fatal: Callable[[str], None] = lambda _: None
@@ -174,6 +193,11 @@ class DataPlane:
         )
         batcher.start()
         self.model, self.monitor, self.batcher = model, monitor, batcher
+        self.prediction_output = (
+            profile.prediction.output
+            if profile is not None and profile.prediction is not None
+            else (model.output_names[0] if model.output_names else None)
+        )
         # Everything allocated so far (imports, app, model) lives as long as the process; moving
         # it out of the collector's generations keeps full collections, which otherwise walk
         # every one of those objects and stall the loop for milliseconds, short.
@@ -264,7 +288,16 @@ class DataPlane:
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1
-        return request, await batcher.submit(request.inputs)
+        outputs = await batcher.submit(request.inputs)
+        self._remember(request, outputs)
+        return request, outputs
+
+    def _remember(self, request: DecodedRequest, outputs: dict[str, np.ndarray]) -> None:
+        """Keep the prediction for the feedback join (only requests that carry an id)."""
+        # TODO(request ids, i12a): use the id every request gets once requestid.py is merged.
+        rid, name = request.id, self.prediction_output
+        if rid is not None and name is not None and name in outputs:
+            self.quality.record(rid, outputs[name])
 
     async def infer(
         self, name: str, version: str | None, body: bytes, header_length: int | None
@@ -392,6 +425,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
+        plane.quality.sweep()  # the accuracy gate's cohort counters, current when read
         return Response(generate_latest(plane.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.fast_path = InferenceFastPath(partial(FastAPI.__call__, app), plane)
