@@ -133,5 +133,5 @@ def test_class_labels_compare_as_the_model_prints_them() -> None:
 
 
 def test_settings_refuse_a_horizon_longer_than_the_ttl() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="horizon"):
         _table(horizon=10, ttl=5)

@@ -1,0 +1,134 @@
+"""Feedback over HTTP between two real ``roost serve`` processes on loopback: labels sent to the
+pod that did not answer reach the one that did; outcomes are counted, bad bodies are 400s."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from roost_devcluster.net import free_port
+
+from .conftest import ServeProcess
+
+ROWS = [[0.5, -1, 0.25, 2, 0], [2.0, 1.0, 0.0, 0.0, 0.0], [-2.0, -1.0, 0.0, 0.0, 0.0]]
+
+
+def _infer(url: str, rid: str, rows: list[list[float]]) -> list[int]:
+    data = [v for row in rows for v in row]
+    body = {"id": rid, "inputs": [
+        {"name": "X", "datatype": "FP32", "shape": [len(rows), 5], "data": data}
+    ]}  # fmt: skip
+    answer = httpx.post(url + "/v2/models/forest/infer", json=body, timeout=10).json()
+    label = next(o for o in answer["outputs"] if o["datatype"] == "INT64")
+    return [int(v) for v in label["data"]]
+
+
+def _feedback(url: str, body: object, **headers: str) -> httpx.Response:
+    return httpx.post(url + "/v2/models/forest/feedback", json=body, headers=headers, timeout=10)
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(serving_models: dict[str, Path]) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Two pods of one model, each with the other as its peer (and a dead third peer)."""
+    ports = free_port(), free_port()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: forwarding must survive it
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    env = {"ROOST_MODEL": str(serving_models["forest"]), "ROOST_NAME": "forest"}
+    started = []
+    try:
+        for i, port in enumerate(ports):
+            peers = ",".join([urls[1 - i], dead, urls[i]])  # itself too: it is skipped
+            started.append(
+                ServeProcess({**env, "ROOST_FEEDBACK_PEERS": peers}, wait_ready=False, port=port)
+            )
+        for proc in started:
+            proc.wait_ready()
+        yield started[0], started[1]
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def test_feedback_sent_to_the_other_pod_reaches_the_pod_that_answered(
+    pair: tuple[ServeProcess, ServeProcess],
+) -> None:
+    a, b = pair
+    labelled, correct = (
+        _metric(a.url, f"roost_{n}_predictions_total") for n in ("labelled", "correct")
+    )
+    predicted = _infer(a.url, "req-1", ROWS)
+    single = _infer(a.url, "req-2", ROWS[:1])
+    answer = _feedback(b.url, {"feedback": [
+        {"id": "req-1", "truth": [*predicted[:2], predicted[2] + 1]},  # two of three right
+        {"id": "req-2", "truth": single[0]},
+        {"id": "never-seen", "truth": 1},
+    ]})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    outcomes = answer.json()["outcomes"]
+    assert outcomes["joined"] == 2
+    assert outcomes["unknown"] == 1
+    assert outcomes["forwarded"] == 2
+    assert _metric(a.url, "roost_labelled_predictions_total") == labelled + 4
+    assert _metric(a.url, "roost_correct_predictions_total") == correct + 3
+    assert _metric(b.url, "roost_labelled_predictions_total") == 0
+    # The same labels again, now straight to the pod that answered: duplicates.
+    again = _feedback(a.url, {"id": "req-2", "truth": single[0]}).json()["outcomes"]
+    assert again["duplicate"] == 1
+    assert again["joined"] == 0
+    # Through the other pod too (the peer says duplicate, which beats "never seen").
+    again = _feedback(b.url, {"id": "req-1", "truth": predicted}).json()["outcomes"]
+    assert again["duplicate"] == 1
+
+
+def test_forwarded_feedback_is_never_forwarded_again(
+    pair: tuple[ServeProcess, ServeProcess],
+) -> None:
+    a, b = pair
+    before = _metric(a.url, "roost_labelled_predictions_total")
+    _infer(a.url, "req-x", ROWS[:1])
+    answer = _feedback(b.url, {"id": "req-x", "truth": 1}, **{"roost-feedback-forwarded": "1"})
+    body = answer.json()
+    assert body["outcomes"]["unknown"] == 1
+    assert body["results"] == ["unknown"]
+    assert _metric(a.url, "roost_labelled_predictions_total") == before
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "must be an object"),
+        (b'{"feedback": []}', "non-empty list"),
+        (b'{"id": 5, "truth": 1}', "feedback[0].id"),
+        (b'{"id": "a"}', "feedback[0].truth is missing"),
+        (b'{"feedback": [{"id": "a", "truth": 1}, 3]}', "feedback[1] must be an object"),
+    ],
+)
+def test_a_malformed_body_is_a_400_with_the_oip_error_body(
+    pair: tuple[ServeProcess, ServeProcess], body: bytes, fragment: str
+) -> None:
+    a, _ = pair
+    answer = httpx.post(a.url + "/v2/models/forest/feedback", content=body, timeout=10)
+    assert answer.status_code == 400
+    assert fragment in answer.json()["error"]
+
+
+def test_unknown_model_and_wrong_method(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, _ = pair
+    answer = httpx.post(a.url + "/v2/models/other/feedback", json={"id": "a", "truth": 1})
+    assert answer.status_code == 404
+    assert "unknown model" in answer.json()["error"]
+    answer = httpx.get(a.url + "/v2/models/forest/feedback")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
