@@ -20,6 +20,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from roost_operator.gates import (
+    HORIZON_CORRECT,
+    HORIZON_ERROR_BUCKET,
+    HORIZON_LABELLED,
+    HORIZON_PREDICTIONS,
     AnalysisResult,
     RevisionWindow,
     Scrape,
@@ -33,6 +37,7 @@ from roost_operator.gates import (
     window_from_samples,
 )
 from roost_operator.pods import PodTarget
+from roost_operator.quality_gates import Quality
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import parse_time, rfc3339_seconds
 
@@ -253,6 +258,7 @@ class PrometheusSource:
             ),
             self.query(f"max by (feature, bin) (roost_feature_reference_share{{{sel}}})", at),
         )
+        quality = await self._quality(sel, w, at)
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
         for labels, value in psi:
@@ -275,6 +281,32 @@ class PrometheusSource:
             buckets={float(le): v for le, v in cumulative.items()},
             feature_bins=_nested(bins),
             reference=_nested(reference),
+            quality=quality,
+        )
+
+    async def _quality(self, sel: str, w: str, at: datetime) -> Quality:
+        """The interval's horizon cohort (the accuracy and error gates' counts)."""
+
+        def total(name: str) -> str:
+            return f"sum(increase({name}{{{sel}}}[{w}]))"
+
+        matured, labelled, correct, errors = await asyncio.gather(
+            self.query(total(HORIZON_PREDICTIONS), at),
+            self.query(total(HORIZON_LABELLED), at),
+            self.query(total(HORIZON_CORRECT), at),
+            self.query(f"sum by (le) (increase({HORIZON_ERROR_BUCKET}{{{sel}}}[{w}]))", at),
+        )
+
+        def value(series: list[tuple[dict[str, str], float]]) -> float:
+            return sum(v for _, v in series if math.isfinite(v))
+
+        return Quality(
+            matured=value(matured),
+            labelled=value(labelled),
+            correct=value(correct),
+            error_buckets={
+                float(labels.get("le", "")): v for labels, v in errors if math.isfinite(v)
+            },
         )
 
     async def analyse(

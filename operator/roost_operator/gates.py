@@ -21,6 +21,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from roost_serving import drift
 
+from roost_operator.quality_gates import Quality
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import rfc3339_seconds
 from roost_operator.verdicts import Counts, GateVerdict, judge_interval
@@ -37,6 +38,12 @@ DRIFT_ROWS = "roost_drift_window_rows"
 FEATURE_BINS = "roost_feature_bin_total"
 FEATURE_REFERENCE = "roost_feature_reference_share"
 PREDICTION_EDGES = "roost_prediction_bin_upper"
+# The accuracy gate's cohort (roost_serving.quality): rows counted once they are the label
+# horizon old, so both arms' labels had the same time to arrive.
+HORIZON_PREDICTIONS = "roost_quality_horizon_predictions_total"
+HORIZON_LABELLED = "roost_quality_horizon_labelled_total"
+HORIZON_CORRECT = "roost_quality_horizon_correct_total"
+HORIZON_ERROR_BUCKET = "roost_quality_horizon_abs_error_bucket"
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -234,6 +241,8 @@ class RevisionWindow:
     """The profile's share per feature bin, as the canary's pods export it."""
     prediction_edges: Mapping[str, float] = field(default_factory=dict)
     """Upper edge per output bin (regressors), as the revision's pods export it."""
+    quality: Quality = field(default_factory=Quality)
+    """Labelled predictions of the interval's horizon cohort (accuracy and error gates)."""
 
     @property
     def total_requests(self) -> float:
@@ -249,6 +258,7 @@ class RevisionWindow:
             feature_bins=self.feature_bins,
             reference=self.reference,
             prediction_edges=self.prediction_edges,
+            quality=self.quality,
         )
 
 
@@ -281,6 +291,15 @@ def window_from_samples(
         feature_bins=feature_bins,
         reference=reference,
         prediction_edges=edges,
+        quality=Quality(
+            matured=sum(sum(sum_by(d, HORIZON_PREDICTIONS, "model").values()) for d in deltas),
+            labelled=sum(sum(sum_by(d, HORIZON_LABELLED, "model").values()) for d in deltas),
+            correct=sum(sum(sum_by(d, HORIZON_CORRECT, "model").values()) for d in deltas),
+            error_buckets={
+                float(le): v
+                for le, v in add_maps(sum_by(d, HORIZON_ERROR_BUCKET, "le") for d in deltas).items()
+            },
+        ),
     )
 
 

@@ -72,6 +72,28 @@ class DriftGate:
 
 
 @dataclass(frozen=True)
+class AccuracyGate:
+    """`gates.accuracy` (classifiers): canary share of wrong labelled predictions minus the
+    stable's, over predictions whose labels had the same horizon to arrive."""
+
+    max_drop: float = 0.02
+    """Largest tolerated accuracy drop against stable (`maxDropVsStable`, 0.02 = 2 points)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class QualityErrorGate:
+    """`gates.error` (regressors): canary share of labelled predictions whose absolute error
+    exceeds the stable's `quantile` error (so far) minus the stable's share."""
+
+    max_increase: float = 0.05
+    """Largest tolerated increase of that share (`maxIncreaseVsStable`, 0.05 = 5 points)."""
+    quantile: float = 0.5
+    """Which quantile of the stable's absolute error sets the threshold (the median)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
 class GatesSpec:
     """`spec.rollout.analysis.gates`; a None gate is switched off."""
 
@@ -79,19 +101,20 @@ class GatesSpec:
     latency: LatencyGate | None = None
     divergence: DivergenceGate | None = None
     drift: DriftGate | None = None
+    accuracy: AccuracyGate | None = None
+    error: QualityErrorGate | None = None
 
     @property
     def any(self) -> bool:
         """Whether any gate is configured."""
-        return any(
-            g is not None for g in (self.error_rate, self.latency, self.divergence, self.drift)
-        )
+        gates = (self.error_rate, self.latency, self.divergence, self.drift, self.accuracy)
+        return any(g is not None for g in (*gates, self.error))
 
     def enforced(self) -> int:
         """How many gates spend `alpha` (observe-mode gates spend none)."""
         # A latency gate with only the maxP99Seconds point check runs no sequential test.
         latency = self.latency if self.latency and self.latency.max_ratio is not None else None
-        gates = (self.error_rate, latency, self.divergence, self.drift)
+        gates = (self.error_rate, latency, self.divergence, self.drift, self.accuracy, self.error)
         return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 
@@ -167,5 +190,18 @@ def parse_gates(raw: Any) -> GatesSpec:
             max_psi=_number(dr, "maxPSI", w, 0, 1e6),
             min_rows=_count(dr, "minRows", w, DEFAULT_MIN_DRIFT_ROWS),
             mode=_mode(dr, w),
+        )
+    if isinstance(acc := gates.get("accuracy"), Mapping):
+        w = f"{where}.accuracy"
+        drop = _number(acc, "maxDropVsStable", w, 0, 1)
+        out["accuracy"] = AccuracyGate(0.02 if drop is None else drop, _mode(acc, w))
+    if isinstance(err := gates.get("error"), Mapping):
+        w = f"{where}.error"
+        rise = _number(err, "maxIncreaseVsStable", w, 0, 1)
+        q = _number(err, "quantile", w, 0.05, 0.95)
+        out["error"] = QualityErrorGate(
+            max_increase=0.05 if rise is None else rise,
+            quantile=0.5 if q is None else q,
+            mode=_mode(err, w),
         )
     return GatesSpec(**out)

@@ -16,6 +16,7 @@ from typing import Any
 from roost_operator import times
 from roost_operator.gatespec import (
     DEFAULT_MIN_DRIFT_ROWS,
+    AccuracyGate,
     DivergenceGate,
     DriftGate,
     ErrorRateGate,
@@ -24,6 +25,7 @@ from roost_operator.gatespec import (
     GatesSpec,
     LatencyGate,
     OnInconclusive,
+    QualityErrorGate,
     parse_gates,
 )
 
@@ -47,6 +49,7 @@ RESERVED_ENV = {
 }
 __all__ = [
     "DEFAULT_MIN_DRIFT_ROWS",
+    "AccuracyGate",
     "AnalysisSpec",
     "DivergenceGate",
     "DriftGate",
@@ -56,6 +59,7 @@ __all__ = [
     "LatencyGate",
     "ModelDeploymentSpec",
     "OnInconclusive",
+    "QualityErrorGate",
     "SpecError",
     "parse_duration",
     "parse_spec",

@@ -34,6 +34,7 @@ import numpy as np
 from roost_serving import drift
 
 from roost_operator import sequential as sq
+from roost_operator.quality_gates import Quality, judge_quality
 from roost_operator.spec import (
     AnalysisSpec,
     DivergenceGate,
@@ -73,6 +74,8 @@ class Counts:
     """The profile's share per feature and bin (gauges: the latest value, not an increase)."""
     prediction_edges: Mapping[str, float] = field(default_factory=dict)
     """Upper edge per output bin of a regressor (gauges); empty for classifiers."""
+    quality: Quality = field(default_factory=Quality)
+    """Labelled predictions of the horizon cohort (the accuracy and error gates)."""
 
     def by_class(self) -> dict[str, float]:
         """Requests per `CLASSES` entry."""
@@ -414,6 +417,9 @@ def judge_interval(
         out.append(_divergence_gate(ev, canary, stable, g.divergence, alpha))
     if g.drift is not None:
         out.append(_drift_gate(ev, canary, g.drift, alpha))
+    for qv in judge_quality(ev, canary.quality, stable.quality, g, alpha):
+        out.append(GateVerdict(qv.name, qv.mode, qv.verdict, qv.estimate, qv.lower, qv.upper,
+                               qv.margin, qv.effect, qv.words))  # fmt: skip
     enforced = [v for v in out if v.mode == "enforce"]
     served = sum(totals["canary"].values())
     if any(v.verdict == "fail" for v in enforced):
