@@ -245,10 +245,13 @@ class PrometheusSource:
             f'revision="{_escape(revision)}"'
         )
         w = f"{math.ceil(max(window_seconds, self.min_window_seconds))}s"
+        # Request counts and latency: user traffic only, never the operator's validation.
+        client = f'{sel},source!="validation"'
         requests, buckets, predictions, psi, rows, bins, reference = await asyncio.gather(
-            self.query(f"sum by (code) (increase(roost_requests_total{{{sel}}}[{w}]))", at),
+            self.query(f"sum by (code) (increase(roost_requests_total{{{client}}}[{w}]))", at),
             self.query(
-                f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{sel}}}[{w}]))", at
+                f"sum by (le) (increase(roost_request_duration_seconds_bucket{{{client}}}[{w}]))",
+                at,
             ),
             self.query(f"sum by (bin) (increase(roost_predictions_total{{{sel}}}[{w}]))", at),
             self.query(f"roost_feature_psi{{{sel}}}", at),

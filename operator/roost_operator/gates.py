@@ -262,10 +262,22 @@ class RevisionWindow:
         )
 
 
+def client_only(samples: Mapping[SeriesKey, float]) -> dict[SeriesKey, float]:
+    """``samples`` without the operator's own validation requests (``source="validation"``).
+
+    Validation and warm-up requests are never user traffic: analysis leaves them out.
+    """
+    return {k: v for k, v in samples.items() if ("source", "validation") not in k[1]}
+
+
 def window_from_samples(
     deltas: Sequence[Mapping[SeriesKey, float]], gauges: Sequence[Mapping[SeriesKey, float]]
 ) -> RevisionWindow:
-    """Sum per-pod counter deltas and combine per-pod gauges into a `RevisionWindow`."""
+    """Sum per-pod counter deltas and combine per-pod gauges into a `RevisionWindow`.
+
+    Requests the operator itself sent (``source="validation"``) are left out.
+    """
+    deltas = [client_only(d) for d in deltas]
     buckets = add_maps(sum_by(d, DURATION_BUCKET, "le") for d in deltas)
     p99 = histogram_quantile(0.99, buckets)
     per_pod = [

@@ -65,6 +65,7 @@ from roost_serving.protocol import (
 )
 from roost_serving.quality import PredictionTable, QualityMetrics
 from roost_serving.redact import redact_uri
+from roost_serving.requestid import Inference, resolve
 
 log = logging.getLogger("roost.server")
 
@@ -121,6 +122,9 @@ class DataPlane:
         self.limits = settings.limits()
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
+        self.observers: list[Callable[[Inference], None]] = [self._remember]
+        """Called on the event loop after each successful model run, before the response is
+        encoded (shadow tee, inference log, ...); they must not block: queue and return."""
         self.grpc_port: int | None = None
         """The bound gRPC port once the gRPC server listens."""
         self._arriving = 0
@@ -228,6 +232,12 @@ class DataPlane:
         log.error("model %r cannot be served: %s", self.settings.name, reason)
         self.on_fatal(reason)
 
+    def _remember(self, done: Inference) -> None:
+        """Keep a client request's prediction for the feedback join (roost_serving.quality)."""
+        name = self.prediction_output
+        if done.source == "client" and name is not None and name in done.outputs:
+            self.quality.record(done.request_id, done.outputs[name])
+
     def _observe_batch(
         self, inputs: MutableMapping[str, np.ndarray] | Any, outputs: Any, rows: int
     ) -> None:
@@ -266,12 +276,18 @@ class DataPlane:
         decode: Callable[[Payload], DecodedRequest],
         payload: Payload,
         offload: bool = False,
-    ) -> tuple[DecodedRequest, dict[str, np.ndarray]]:
-        """Decode, check and run one request of either protocol; returns it and its outputs.
+        header_id: str | None = None,
+        source: str = "client",
+    ) -> Inference:
+        """Decode, check and run one request of either protocol; returns it with its outputs.
 
         ``decode(payload)`` is the protocol's codec (REST body or gRPC message); the checks
         against the model and everything after them are shared. ``offload`` decodes on the
         codec thread (large bodies), so the event loop keeps answering probes meanwhile.
+        The request id is the decoded request's own, else ``header_id``, else a fresh one
+        (:func:`roost_serving.requestid.resolve`); it is also set on the decoded request, so
+        the response carries it. ``source="validation"`` requests (the operator's validation
+        and warm-up) run beside the batcher, so drift and prediction monitors never see them.
         """
         self._arriving += 1
         try:
@@ -284,32 +300,48 @@ class DataPlane:
                 request = await loop.run_in_executor(self._codec, decode, payload)
             else:
                 request = decode(payload)
+            request.id = resolve(request.id, header_id)
             check_inputs(request, model.inputs)
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1
-        outputs = await batcher.submit(request.inputs)
-        self._remember(request, outputs)
-        return request, outputs
-
-    def _remember(self, request: DecodedRequest, outputs: dict[str, np.ndarray]) -> None:
-        """Keep the prediction for the feedback join (only requests that carry an id)."""
-        # TODO(request ids, i12a): use the id every request gets once requestid.py is merged.
-        rid, name = request.id, self.prediction_output
-        if rid is not None and name is not None and name in outputs:
-            self.quality.record(rid, outputs[name])
+        if source == "validation":
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._codec, model.run, request.inputs)
+        else:
+            outputs = await batcher.submit(request.inputs)
+        done = Inference(request.id, request, outputs, source)
+        for observer in self.observers:
+            try:
+                observer(done)
+            except Exception:  # a downstream consumer must never fail the client's request
+                log.exception("inference observer failed (request id %s)", done.request_id)
+        return done
 
     async def infer(
-        self, name: str, version: str | None, body: bytes, header_length: int | None
-    ) -> tuple[bytes, int | None]:
-        """Run one REST inference request; returns the response body and binary header length."""
+        self,
+        name: str,
+        version: str | None,
+        body: bytes,
+        header_length: int | None,
+        header_id: str | None = None,
+        source: str = "client",
+    ) -> tuple[bytes, int | None, str]:
+        """Run one REST inference request; returns the response body, binary header length
+        and the request id."""
         offload = len(body) > OFFLOAD_BYTES
         decode = partial(_decode_body, limits=self.limits)
-        request, outputs = await self.run(name, version, decode, (body, header_length), offload)
+        done = await self.run(
+            name, version, decode, (body, header_length), offload, header_id, source
+        )
         if offload:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._codec, self._encode, name, request, outputs)
-        return self._encode(name, request, outputs)
+            encoded = await loop.run_in_executor(
+                self._codec, self._encode, name, done.request, done.outputs
+            )
+        else:
+            encoded = self._encode(name, done.request, done.outputs)
+        return encoded[0], encoded[1], done.request_id
 
     def _encode(
         self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]

@@ -31,6 +31,7 @@ from roost_serving.protocol import (
     RoostError,
     error_body,
 )
+from roost_serving.requestid import HEADER_BYTES, SOURCE_HEADER, from_header, new_id, source_of
 
 if TYPE_CHECKING:  # app imports this module: the type only, no import cycle at run time
     from roost_serving.app import DataPlane
@@ -110,17 +111,27 @@ class InferenceFastPath:
         content_type = _JSON
         extra: list[tuple[bytes, bytes]] = []
         admitted = False
+        headers = _request_headers(scope)
+        source = source_of(headers.source)
+        # The id an error answer carries: the header's when it is valid, else a fresh one.
+        request_id = ""
         try:
+            header_id = from_header(headers.request_id) if headers.request_id else None
+            request_id = header_id or ""
             plane.admit()
             admitted = True
             plane.inflight += 1
             metrics.inflight.inc()
-            header_length, deadline_value = _request_headers(scope)
-            seconds = parse_deadline(deadline_value, plane.limits)
+            header_length = (
+                parse_header_length(headers.length) if headers.length is not None else None
+            )
+            seconds = parse_deadline(headers.deadline, plane.limits)
             try:
                 async with asyncio.timeout(seconds):
                     body = await self._read_body(scope, receive)
-                    payload, out_length = await plane.infer(name, version, body, header_length)
+                    payload, out_length, request_id = await plane.infer(
+                        name, version, body, header_length, header_id, source
+                    )
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
             status = 200
@@ -134,21 +145,26 @@ class InferenceFastPath:
                 if exc.status_code == 503:
                     extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
         except Exception as exc:  # never a stack trace in the body, always a logged one
-            log.exception("inference failed")
+            request_id = request_id or new_id()
+            log.exception("inference failed (request id %s)", request_id)
             status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
         finally:
             if admitted:
                 plane.inflight -= 1
                 metrics.inflight.dec()
-        headers = [
+        request_id = request_id or new_id()
+        if log.isEnabledFor(logging.DEBUG):  # one line per request: off unless asked for
+            log.debug("inference %s (%s) answered %d", request_id, source, status)
+        response_headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(payload)).encode()),
+            (HEADER_BYTES, request_id.encode()),
             *extra,
         ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
-        metrics.count_request(status)
-        metrics.request_duration.observe(time.perf_counter() - started)
+        metrics.count_request(status, source=source)
+        metrics.observe_duration(time.perf_counter() - started, source=source)
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """Ground truth for earlier predictions (roost_serving.feedback): same body limit and
@@ -157,8 +173,7 @@ class InferenceFastPath:
         forwarded = any(k == FORWARDED_HEADER for k, _ in scope["headers"])
         try:
             plane.loaded_model(name, None)
-            _, deadline_value = _request_headers(scope)
-            seconds = parse_deadline(deadline_value, plane.limits)
+            seconds = parse_deadline(_request_headers(scope).deadline, plane.limits)
             try:
                 async with asyncio.timeout(seconds):
                     body = await self._read_body(scope, receive)
@@ -202,16 +217,31 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _request_headers(scope: Scope) -> tuple[int | None, bytes | None]:
-    """``Inference-Header-Content-Length`` (parsed) and the raw client deadline header."""
-    length: int | None = None
-    deadline: bytes | None = None
+class _Headers:
+    """The request headers the infer route reads, raw (parsed where they are used)."""
+
+    __slots__ = ("deadline", "length", "request_id", "source")
+
+    def __init__(self) -> None:
+        self.length: bytes | None = None
+        self.deadline: bytes | None = None
+        self.request_id: bytes | None = None
+        self.source: bytes | None = None
+
+
+def _request_headers(scope: Scope) -> _Headers:
+    """``Inference-Header-Content-Length``, the deadline, ``X-Request-Id``, ``Roost-Source``."""
+    found = _Headers()
     for key, value in scope["headers"]:
         if key == b"inference-header-content-length":
-            length = parse_header_length(value)
+            found.length = value
         elif key == DEADLINE_HEADER:
-            deadline = value
-    return length, deadline
+            found.deadline = value
+        elif key == HEADER_BYTES:
+            found.request_id = value
+        elif key == SOURCE_HEADER:
+            found.source = value
+    return found
 
 
 def _closing(send: Send) -> Send:

@@ -39,6 +39,7 @@ from roost_serving.grpc_codec import (
 from roost_serving.limits import ShedError, deadline_exceeded
 from roost_serving.proto import open_inference_pb2 as pb
 from roost_serving.protocol import NotReadyError, RoostError
+from roost_serving.requestid import HEADER, SOURCE_HEADER, check, new_id, source_of
 
 if TYPE_CHECKING:
     from roost_serving.app import DataPlane
@@ -116,7 +117,11 @@ class InferenceService:
         started = time.perf_counter()
         status = 500
         admitted = False
+        header_id, source = _metadata(context)
+        request_id = ""
         try:
+            if header_id is not None:
+                request_id = check(header_id, "the x-request-id metadata")
             plane.admit()
             admitted = True
             plane.inflight += 1
@@ -129,13 +134,22 @@ class InferenceService:
             decode = partial(decode_infer_request, limits=plane.limits)
             try:
                 async with asyncio.timeout(seconds):
-                    decoded, outputs = await plane.run(
-                        name, request.model_version or None, decode, request
+                    done = await plane.run(
+                        name,
+                        request.model_version or None,
+                        decode,
+                        request,
+                        header_id=request_id or None,
+                        source=source,
                     )
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
-            response = encode_infer_response(name, plane.version, decoded, outputs, plane.limits)
+            request_id = done.request_id
+            response = encode_infer_response(
+                name, plane.version, done.request, done.outputs, plane.limits
+            )
             status = 200
+            context.set_trailing_metadata(((HEADER, request_id),))
             return response
         except RoostError as exc:
             status = exc.status_code
@@ -143,15 +157,17 @@ class InferenceService:
             if isinstance(exc, ShedError):
                 metrics.count_shed(exc.reason)
         except Exception as exc:  # never a stack trace to the client, always a logged one
-            log.exception("inference failed")
+            request_id = request_id or new_id()
+            log.exception("inference failed (request id %s)", request_id)
             message = f"internal error: {type(exc).__name__}"
         finally:
             if admitted:
                 plane.inflight -= 1
                 metrics.inflight.dec()
-            metrics.count_request(status, "grpc")
-            metrics.grpc_duration.observe(time.perf_counter() - started)
-        await context.abort(_status(status), message)
+            metrics.count_request(status, "grpc", source)
+            metrics.observe_duration(time.perf_counter() - started, "grpc", source)
+        trailing = ((HEADER, request_id or new_id()),)
+        await context.abort(_status(status), message, trailing_metadata=trailing)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering every RPC with its message (de)serializers."""
@@ -180,6 +196,19 @@ class InferenceService:
             for name, (behaviour, request_type, response_type) in table.items()
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _metadata(context: Context) -> tuple[str | None, str]:
+    """The ``x-request-id`` (None when absent or blank) and source from the call's metadata."""
+    header_id: str | None = None
+    source = "client"
+    for key, value in context.invocation_metadata() or ():
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if key == HEADER and text.strip():
+            header_id = text.strip()
+        elif key == SOURCE_HEADER.decode():
+            source = source_of(text.encode("latin-1", "replace"))
+    return header_id, source
 
 
 def _address(host: str, port: int) -> str:

@@ -2,8 +2,11 @@
 
 Every series carries ``model`` and ``revision``; request counts and latency also carry
 ``protocol`` (``rest`` or ``grpc``), so one pod's two listeners can be told apart while every
-query that sums over a revision keeps counting both. Labelled children are resolved once here,
-because ``Metric.labels(...)`` on every request costs more than the observation itself.
+query that sums over a revision keeps counting both, and ``source``: ``client`` for user
+traffic, ``validation`` for the operator's validation and warm-up requests (header
+``Roost-Source: validation``), which canary analysis leaves out. Labelled children are
+resolved once here, because ``Metric.labels(...)`` on every request costs more than the
+observation itself.
 Drift metrics (``roost_feature_*``, ``roost_predictions_total``) belong to monitor.py.
 """
 
@@ -43,18 +46,22 @@ class ServingMetrics:
             "roost_requests",
             "Inference requests by protocol and HTTP status code (gRPC: the status that the "
             "error maps to, so error-rate queries read both protocols alike).",
-            (*labels, "protocol", "code"),
+            (*labels, "protocol", "source", "code"),
             registry=registry,
         )
-        duration = Histogram(
+        self._duration = Histogram(
             "roost_request_duration_seconds",
             "Inference request latency, end to end inside the server.",
-            (*labels, "protocol"),
+            (*labels, "protocol", "source"),
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
-        self.request_duration = duration.labels(model, revision, "rest")
-        self.grpc_duration = duration.labels(model, revision, "grpc")
+        self._durations = {
+            protocol: self._duration.labels(model, revision, protocol, "client")
+            for protocol in ("rest", "grpc")
+        }
+        self.request_duration = self._durations["rest"]
+        self.grpc_duration = self._durations["grpc"]
         self.queue_duration = Histogram(
             "roost_queue_duration_seconds",
             "Time a request waited in the batcher queue before its onnxruntime run started.",
@@ -90,7 +97,9 @@ class ServingMetrics:
         # Pre-create the codes the server can answer, so error rates read 0 rather than
         # "no data" before the first error and the hot path is a dict lookup.
         self._codes = {
-            (code, protocol): self._requests.labels(model, revision, protocol, str(code))
+            (code, protocol, "client"): self._requests.labels(
+                model, revision, protocol, "client", str(code)
+            )
             for code in (200, 400, 404, 413, 500, 503, 504)
             for protocol in ("rest", "grpc")
         }
@@ -107,14 +116,25 @@ class ServingMetrics:
             for reason in ("queue_full", "deadline")
         }
 
-    def count_request(self, code: int, protocol: str = "rest") -> None:
-        """Count one finished inference request by protocol and (HTTP) status."""
-        child = self._codes.get((code, protocol))
+    def count_request(self, code: int, protocol: str = "rest", source: str = "client") -> None:
+        """Count one finished inference request by protocol, source and (HTTP) status."""
+        child = self._codes.get((code, protocol, source))
         if child is None:
-            child = self._codes[code, protocol] = self._requests.labels(
-                *self._values, protocol, str(code)
+            child = self._codes[code, protocol, source] = self._requests.labels(
+                *self._values, protocol, source, str(code)
             )
         child.inc()
+
+    def observe_duration(
+        self, seconds: float, protocol: str = "rest", source: str = "client"
+    ) -> None:
+        """Record one request's latency by protocol and source."""
+        child = self._durations.get(protocol if source == "client" else f"{protocol}/{source}")
+        if child is None:
+            child = self._durations[f"{protocol}/{source}"] = self._duration.labels(
+                *self._values, protocol, source
+            )
+        child.observe(seconds)
 
     def count_shed(self, reason: str) -> None:
         """Count one request shed for ``reason`` (``queue_full``, ``deadline``, ...)."""

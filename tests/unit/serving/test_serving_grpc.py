@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 RunningServer = Any  # start_server and serving_models come from this directory's conftest.py
 ROOT = Path(__file__).resolve().parents[3]
 ROWS = np.random.default_rng(3).normal(size=(7, 5)).astype(np.float32)
-GRPC = {"model": "forest", "revision": "", "protocol": "grpc"}
+GRPC = {"model": "forest", "revision": "", "protocol": "grpc", "source": "client"}
 
 
 def _serve(start: type[RunningServer], model: Path, name: str, **kw: Any) -> RunningServer:

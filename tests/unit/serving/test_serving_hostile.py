@@ -147,7 +147,12 @@ def test_full_queue_is_shed_at_once_with_503_and_retry_after(
     assert "--max-queue 1" in shed.json()["error"]
     labels = {"model": "forest", "revision": "r1"}
     assert server.metric("roost_requests_shed_total", reason="queue_full", **labels) == 1.0
-    assert server.metric("roost_requests_total", code="503", protocol="rest", **labels) == 1.0
+    assert (
+        server.metric(
+            "roost_requests_total", code="503", protocol="rest", source="client", **labels
+        )
+        == 1.0
+    )
     assert server.metric("roost_requests_shed_total", reason="deadline", **labels) == 0.0
 
 
@@ -172,7 +177,12 @@ def test_deadline_passes_504_from_the_client_header_or_the_server_limit(
     )
     assert (
         server.metric(
-            "roost_requests_total", model="forest", revision="", protocol="rest", code="504"
+            "roost_requests_total",
+            model="forest",
+            revision="",
+            protocol="rest",
+            source="client",
+            code="504",
         )
         == 1.0
     )

@@ -23,8 +23,8 @@ RunningServer = Any
 ONNX_TYPES = list(DTYPES)
 
 FOREST_ROW = [0.5, -1.0, 0.25, 2.0, 0.0]
-_REST = {"protocol": "rest"}
-_FOREST_REST = {"model": "forest", "revision": "", "protocol": "rest"}
+_REST = {"protocol": "rest", "source": "client"}
+_FOREST_REST = {"model": "forest", "revision": "", "protocol": "rest", "source": "client"}
 
 
 def _forest(start_server: type[RunningServer], models: dict[str, Path], **kw: Any) -> RunningServer:
@@ -338,7 +338,12 @@ def test_metrics_endpoint_and_values(
     labels = {"model": "forest", "revision": "r1"}
     assert server.metric("roost_requests_total", code="200", **_REST, **labels) == 3.0
     assert server.metric("roost_requests_total", code="400", **_REST, **labels) == 1.0
-    assert server.metric("roost_requests_total", code="200", protocol="grpc", **labels) == 0.0
+    assert (
+        server.metric(
+            "roost_requests_total", code="200", protocol="grpc", source="client", **labels
+        )
+        == 0.0
+    )
     assert server.metric("roost_request_duration_seconds_count", **_REST, **labels) == 4.0
     assert server.metric("roost_queue_duration_seconds_count", **labels) == 3.0
     assert server.metric("roost_batch_size_sum", **labels) == 3.0
@@ -349,12 +354,13 @@ def test_metrics_endpoint_and_values(
     assert server.metric("roost_model_load_duration_seconds", **labels) > 0
     text = httpx.get(server.url + "/metrics").text
     assert (
-        'roost_requests_total{code="200",model="forest",protocol="rest",revision="r1"} 3.0' in text
-    )
+        'roost_requests_total{code="200",model="forest",protocol="rest",revision="r1",'
+        'source="client"} 3.0'
+    ) in text
     # The fine request-latency buckets the operator's latency gate needs (x1.14 apart).
     assert (
         'roost_request_duration_seconds_bucket{le="0.00065",model="forest",protocol="rest",'
-        'revision="r1"}'
+        'revision="r1",source="client"}'
     ) in text
     assert 'roost_queue_duration_seconds_bucket{le="0.0075",model="forest",revision="r1"}' in text
 

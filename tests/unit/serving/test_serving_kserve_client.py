@@ -86,7 +86,12 @@ def test_kserve_clients_live_ready_model_ready_and_infer_json_binary_grpc(
     assert (out["grpc_ready"], out["grpc_model_ready"]) == (True, True)
     assert out["grpc_infer"]["label"] == label.tolist()
     grpc_count = server.metric(
-        "roost_requests_total", model="forest", revision="", protocol="grpc", code="200"
+        "roost_requests_total",
+        model="forest",
+        revision="",
+        protocol="grpc",
+        source="client",
+        code="200",
     )
     assert grpc_count == 1.0
 
