@@ -67,6 +67,11 @@ def deployment_name(name: str, revision: str) -> str:
     return f"{name}-{revision}"
 
 
+def runtime_secret_name(name: str) -> str:
+    """`<md>-runtime`: the Secret with the token of the pods' runtime endpoint."""
+    return f"{name}-runtime"
+
+
 def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "name": name,
@@ -88,6 +93,14 @@ def _env(owner: Owner, spec: ModelDeploymentSpec, revision: str) -> list[dict[st
         # The pod IP rather than 0.0.0.0: the server answers only on the pod's own address.
         {"name": "ROOST_HOST", "valueFrom": field("status.podIP")},
         {"name": "ROOST_MODEL", "value": spec.model.uri},
+        # The bearer token of PUT /v2/roost/runtime (roost_operator.runtime_push); the Secret
+        # is created before the first Deployment, and the pod waits for it if it is not.
+        {
+            "name": "ROOST_RUNTIME_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": runtime_secret_name(owner.name), "key": "token"}
+            },
+        },
     ]
     if spec.model.sha256:
         env.append({"name": "ROOST_SHA256", "value": spec.model.sha256})

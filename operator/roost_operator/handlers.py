@@ -31,6 +31,7 @@ from roost_operator.continuity import Continuity
 from roost_operator.metrics import OperatorMetrics
 from roost_operator.reconciler import reconcile
 from roost_operator.registry_sync import RegistrySync
+from roost_operator.runtime_push import RuntimePusher
 
 RESYNC_SECONDS = 300.0
 # Pod and Deployment events come in bursts (a rollout touches several at once): one
@@ -64,6 +65,8 @@ class Runtime:
     sources: AnalysisSources
     metrics: OperatorMetrics
     registry: RegistrySync
+    pusher: RuntimePusher
+    """Runtime configuration of the serving pods (tokens, pushes)."""
     wakers: dict[ChildIndexKey, asyncio.Event] = field(default_factory=dict)
     written: dict[ChildIndexKey, tuple[str, dict[str, Any], str]] = field(default_factory=dict)
     """Per ModelDeployment: (resourceVersion the status was written over, that status, the
@@ -115,6 +118,7 @@ async def configure(
         sources=AnalysisSources(),
         metrics=OperatorMetrics(),
         registry=RegistrySync(applier),
+        pusher=RuntimePusher(applier),
     )
     runtime.registry.wake = lambda namespace, name: _wake(memo, namespace, name)
     if cfg.registry_webhook_port is not None:
@@ -142,6 +146,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if runtime is not None:
         await runtime.sources.close()
         await runtime.registry.close()
+        await runtime.pusher.close()
         runtime.applier.api.close()  # type: ignore[no-untyped-call]
     webhook = memo.get("webhook")
     if webhook is not None:
@@ -277,4 +282,5 @@ async def reconcile_loop(
             runtime.continuity.forget(key)
             runtime.sources.forget(*key)
             runtime.registry.forget(*key)
+            runtime.pusher.forget(str(body.metadata.uid))
             runtime.metrics.forget(*key)

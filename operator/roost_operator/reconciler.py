@@ -16,10 +16,15 @@ from kubernetes.client.exceptions import ApiException
 
 from roost_operator import planner
 from roost_operator.applier import MD_PATH, collection_path
+from roost_operator.builders import Owner
 from roost_operator.gates import AnalysisResult
 from roost_operator.metrics import new_outcomes
 from roost_operator.planner import ChildKey, ModelDeploymentObject
+from roost_operator.pods import summarise_pods
 from roost_operator.registry_sync import Prepared
+from roost_operator.rollout import RolloutState
+from roost_operator.runtime_push import RuntimeContext
+from roost_operator.spec import parse_spec
 
 if TYPE_CHECKING:  # handlers imports this module: the type only, no import cycle at run time
     from roost_operator.handlers import Runtime
@@ -216,9 +221,21 @@ async def _plan_and_apply(
     fields = body.metadata.get("managedFields")
     # Audit facts in status, verdicts written back to the registry, audit events.
     plan = await runtime.registry.finish(as_written, prepared, plan, fields, evidence, image, now)
+    owner = Owner(md.name, md.namespace, md.uid)
+    # The pods' runtime token exists before the first Deployment that reads it.
+    token = await runtime.pusher.token(owner) if plan.spec_error is None else None
     writes = await runtime.applier.execute(md.namespace, plan, observed)
     if writes:
         logger.debug("reconciled with %d child writes", writes)
+    if token is not None:
+        spec = parse_spec(md.spec)
+        context = RuntimeContext(
+            owner,
+            spec,
+            RolloutState.from_status(plan.status),
+            summarise_pods(pods, spec.server.port),
+        )
+        await runtime.pusher.push(context, token)
     return await _publish(runtime, body, as_written, resource_version, plan)
 
 

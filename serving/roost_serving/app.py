@@ -38,7 +38,7 @@ from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
-from roost_serving.feedback import FeedbackService
+from roost_serving.feedback import FeedbackService, peer_urls
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
 from roost_serving.limits import (
@@ -66,6 +66,7 @@ from roost_serving.protocol import (
 from roost_serving.quality import PredictionTable, QualityMetrics
 from roost_serving.redact import redact_uri
 from roost_serving.requestid import Inference, resolve
+from roost_serving.runtime import RuntimeConfig, install_routes
 
 log = logging.getLogger("roost.server")
 
@@ -96,6 +97,8 @@ class DataPlane:
         self.registry = registry
         self.metrics = ServingMetrics(registry, settings.name, settings.revision)
         self.version = settings.revision or "1"
+        self.runtime = RuntimeConfig(registry, settings.name, settings.revision)
+        """What the operator pushes at run time (``PUT /v2/roost/runtime``)."""
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
@@ -106,14 +109,16 @@ class DataPlane:
             max_ids=settings.feedback_max_ids,
         )
         """Recent predictions by request id, for the feedback join (roost_serving.quality)."""
-        self.peers: Callable[[], list[str]] = lambda: list(settings.feedback_peers)
-        """Base URLs of the other serving pods, where feedback for unknown ids is forwarded."""
+        self.peer_urls: list[str] = list(settings.feedback_peers)
+        """Base URLs of the other serving pods, where feedback for unknown ids is forwarded:
+        the runtime config's ``peers`` section once pushed, else ``--feedback-peers``."""
         self.feedback = FeedbackService(
             self.quality,
             settings.name,
-            lambda: self.peers(),
+            lambda: self.peer_urls,
             f"http://{settings.host}:{settings.port}",
         )
+        self.runtime.subscribe("peers", self._peers_changed)
         self.prediction_output: str | None = None
         """The output whose values feedback is joined with (the profile's, else the first)."""
         self.load_error: str | None = None
@@ -231,6 +236,10 @@ class DataPlane:
         self.load_error = reason
         log.error("model %r cannot be served: %s", self.settings.name, reason)
         self.on_fatal(reason)
+
+    def _peers_changed(self, section: dict[str, Any] | None) -> None:
+        pushed = peer_urls(section)
+        self.peer_urls = list(self.settings.feedback_peers) if pushed is None else pushed
 
     def _remember(self, done: Inference) -> None:
         """Keep a client request's prediction for the feedback join (roost_serving.quality)."""
@@ -454,6 +463,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return model_ready(name, version)
 
     document_infer(app)
+    install_routes(app, plane.runtime)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -102,6 +102,18 @@ def count(outcomes: Iterable[str]) -> dict[str, int]:
 
 Peers = Callable[[], Sequence[str]]
 """The base URLs (``http://ip:port``) of the other serving pods, read at each request."""
+
+
+def peer_urls(section: Mapping[str, Any] | None) -> list[str] | None:
+    """The pods' URLs in the runtime config's ``peers`` section
+    (``{"pods": [{"pod", "revision", "role", "url"}]}``); None without a section."""
+    if section is None:
+        return None
+    pods = section.get("pods")
+    if not isinstance(pods, list):
+        log.warning("runtime section peers has no pods list; feedback is not forwarded")
+        return []
+    return [p["url"] for p in pods if isinstance(p, Mapping) and isinstance(p.get("url"), str)]
 
 
 class FeedbackService:

@@ -33,6 +33,11 @@ one row per rule naming the operation that needs it. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# The Secret <md>-runtime: created once with the serving pods' runtime token, read back by name
+# to push runtime configuration (roost_operator/runtime_push.py); never updated or deleted.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # Events on ModelDeployments (rollout steps, promotions, rollbacks, kopf warnings).
 - apiGroups: [""]
   resources: ["events"]

@@ -73,14 +73,22 @@ def test_rbac_has_no_wildcards(render: Render, sets: list[str]) -> None:
 
 
 def test_registry_credentials_grant_only_get_on_secrets(render: Render) -> None:
+    plain = _rules(render())
     rules = _rules(render("rbac.registryCredentials=true"))
-    secrets = [r for r in rules if "secrets" in r["resources"]]
+    secrets = [r for r in rules if "secrets" in r["resources"] and r not in plain]
     assert [(r["resources"], r["verbs"]) for r in secrets] == [(["secrets"], ["get"])]
+
+
+def test_secrets_are_only_created_and_read_by_name(render: Render) -> None:
+    """The runtime token Secret: create once, get by name; never list, watch, update, delete."""
+    rules = _rules(render(*ALL_OPTIONAL))
+    verbs = {v for r in rules if "secrets" in r["resources"] for v in r["verbs"]}
+    assert verbs == {"get", "create"}
 
 
 def test_rbac_never_touches_secrets_or_cluster_objects(render: Render) -> None:
     granted = {res for rule in _rules(render(*ALL_OPTIONAL)) for res in rule["resources"]}
-    assert not granted & {"secrets", "configmaps", "namespaces", "nodes", "roles", "rolebindings"}
+    assert not granted & {"configmaps", "namespaces", "nodes", "roles", "rolebindings"}
     rules = _rules(render(*ALL_OPTIONAL))
     verbs = {v for rule in rules for v in rule["verbs"]}
     assert not verbs & {"escalate", "bind", "impersonate", "deletecollection"}

@@ -38,22 +38,38 @@ def _metric(url: str, name: str) -> float:
     )
 
 
+TOKEN = "feedback-test-token"
+
+
+def _push_peers(url: str, urls: list[str]) -> None:
+    """What the operator does: PUT the runtime document with the ``peers`` section."""
+    pods = [
+        {"pod": f"p{i}", "revision": "r1", "role": "stable", "url": u} for i, u in enumerate(urls)
+    ]
+    doc = {"version": "v1", "sections": {"peers": {"pods": pods}}}
+    answer = httpx.put(
+        url + "/v2/roost/runtime", json=doc, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
 @pytest.fixture(scope="module")
 def pair(serving_models: dict[str, Path]) -> Iterator[tuple[ServeProcess, ServeProcess]]:
-    """Two pods of one model, each with the other as its peer (and a dead third peer)."""
-    ports = free_port(), free_port()
+    """Two pods of one model whose peers (both pods and a dead third) came from the runtime
+    config push; neither was started knowing the other."""
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: forwarding must survive it
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    env = {"ROOST_MODEL": str(serving_models["forest"]), "ROOST_NAME": "forest"}
-    started = []
+    env = {
+        "ROOST_MODEL": str(serving_models["forest"]),
+        "ROOST_NAME": "forest",
+        "ROOST_RUNTIME_TOKEN": TOKEN,
+    }
+    started = [ServeProcess(env, wait_ready=False) for _ in range(2)]
     try:
-        for i, port in enumerate(ports):
-            peers = ",".join([urls[1 - i], dead, urls[i]])  # itself too: it is skipped
-            started.append(
-                ServeProcess({**env, "ROOST_FEEDBACK_PEERS": peers}, wait_ready=False, port=port)
-            )
         for proc in started:
             proc.wait_ready()
+        urls = [p.url for p in started]
+        for proc in started:
+            _push_peers(proc.url, [*urls, dead])  # itself too: it is skipped
         yield started[0], started[1]
     finally:
         for proc in started:
@@ -132,3 +148,21 @@ def test_unknown_model_and_wrong_method(pair: tuple[ServeProcess, ServeProcess])
     answer = httpx.get(a.url + "/v2/models/forest/feedback")
     assert answer.status_code == 405
     assert answer.headers["allow"] == "POST"
+
+
+def test_static_peers_apply_until_the_runtime_config_names_them(
+    serving_models: dict[str, Path],
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from roost_serving.app import DataPlane
+    from roost_serving.config import Settings
+
+    settings = Settings(model="m.onnx", feedback_peers=("http://127.0.0.1:1",))
+    plane = DataPlane(settings, CollectorRegistry())
+    assert plane.peer_urls == ["http://127.0.0.1:1"]
+    plane.runtime.apply({"version": "a", "sections": {"peers": {"pods": [
+        {"pod": "x", "revision": "r", "role": "canary", "url": "http://127.0.0.2:8080"}, {"pod": 1},
+    ]}}})  # fmt: skip
+    assert plane.peer_urls == ["http://127.0.0.2:8080"]
+    plane.runtime.apply({"version": "b", "sections": {}})
+    assert plane.peer_urls == ["http://127.0.0.1:1"]
