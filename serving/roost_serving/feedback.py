@@ -116,6 +116,10 @@ def peer_urls(section: Mapping[str, Any] | None) -> list[str] | None:
     return [p["url"] for p in pods if isinstance(p, Mapping) and isinstance(p.get("url"), str)]
 
 
+TruthHook = Callable[[str, Any, Outcome], None]
+"""Called with (request id, ground truth, outcome) once per feedback item, on one pod only."""
+
+
 class FeedbackService:
     """Joins feedback here and forwards what this pod never saw to its peers."""
 
@@ -125,6 +129,10 @@ class FeedbackService:
         self.model = model
         self.peers = peers
         self.own = own_url.rstrip("/")
+        self.on_truth: list[TruthHook] = []
+        """Hooks that hear of every item once, across all pods: the pod that joined it calls
+        them, and the receiving pod for items nobody joined (the inference log appends a
+        ``feedback`` record here, so the log joins offline on the id)."""
 
     async def handle(self, body: bytes, forwarded: bool) -> bytes:
         """Answer one feedback request (body in, JSON answer out)."""
@@ -135,10 +143,21 @@ class FeedbackService:
             results.append(self.table.join(item.id, item.truth))
         missing = [i for i, r in enumerate(results) if r == "unknown"]
         forwarded_to = 0
+        joined_elsewhere: set[int] = set()
         if missing and not forwarded:
             peer_results, forwarded_to = await self._forward([items[i] for i in missing])
             for i, outcome in zip(missing, peer_results, strict=True):
                 results[i] = outcome
+                if outcome in ("joined", "late"):
+                    joined_elsewhere.add(i)  # that peer told its own hooks
+        for i, (item, outcome) in enumerate(zip(items, results, strict=True)):
+            if i in joined_elsewhere or (forwarded and outcome not in ("joined", "late")):
+                continue
+            for hook in self.on_truth:
+                try:
+                    hook(item.id, item.truth, outcome)
+                except Exception:  # a consumer's bug must not fail the feedback request
+                    log.exception("feedback hook failed (request id %s)", item.id)
         metrics = self.table.metrics
         for outcome in results:
             metrics.feedback.labels(*metrics.label_values, outcome).inc()

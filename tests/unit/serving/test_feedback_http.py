@@ -8,9 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from roost_devcluster.net import free_port
+from roost_serving.app import DataPlane
+from roost_serving.config import Settings
 
-from .conftest import ServeProcess
+from .conftest import RunningServer, ServeProcess
 
 ROWS = [[0.5, -1, 0.25, 2, 0], [2.0, 1.0, 0.0, 0.0, 0.0], [-2.0, -1.0, 0.0, 0.0, 0.0]]
 
@@ -153,8 +156,6 @@ def test_unknown_model_and_wrong_method(pair: tuple[ServeProcess, ServeProcess])
 def test_static_peers_apply_until_the_runtime_config_names_them(
     serving_models: dict[str, Path],
 ) -> None:
-    from prometheus_client import CollectorRegistry
-    from roost_serving.app import DataPlane
     from roost_serving.config import Settings
 
     settings = Settings(model="m.onnx", feedback_peers=("http://127.0.0.1:1",))
@@ -166,3 +167,20 @@ def test_static_peers_apply_until_the_runtime_config_names_them(
     assert plane.peer_urls == ["http://127.0.0.2:8080"]
     plane.runtime.apply({"version": "b", "sections": {}})
     assert plane.peer_urls == ["http://127.0.0.1:1"]
+
+
+def test_each_item_reaches_the_truth_hooks_of_exactly_one_pod(
+    serving_models: dict[str, Path], start_server: type[RunningServer]
+) -> None:
+    """The inference log's hook: the joining pod logs a joined item, the receiving pod the
+    items nobody joined, so each lands in the log once."""
+    settings = Settings(model=str(serving_models["forest"]), name="forest")
+    a, b = start_server(settings), start_server(settings)
+    a.plane.peer_urls, b.plane.peer_urls = [b.url], [a.url]
+    heard: dict[str, list[tuple[str, object, str]]] = {"a": [], "b": []}
+    a.plane.feedback.on_truth.append(lambda *item: heard["a"].append(item))
+    b.plane.feedback.on_truth.append(lambda *item: heard["b"].append(item))
+    label = _infer(a.url, "hook-1", ROWS[:1])[0]
+    body = {"feedback": [{"id": "hook-1", "truth": label}, {"id": "nobody", "truth": 2}]}
+    assert _feedback(b.url, body).json()["outcomes"]["joined"] == 1
+    assert heard == {"a": [("hook-1", label, "joined")], "b": [("nobody", 2, "unknown")]}
