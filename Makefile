@@ -68,6 +68,7 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/profile_serving.py
 	$(BIN)/python benchmarks/bench_drift.py
 	$(BIN)/python benchmarks/bench_gates.py
+	$(BIN)/python benchmarks/bench_accuracy.py
 
 # Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
 images:
