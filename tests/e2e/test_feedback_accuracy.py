@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e.operator_fixtures import operator_process
 from e2e.test_canary_scenarios import SEQUENTIAL, Rollout, rollout
 from prometheus_client.parser import text_string_to_metric_families
 from roost_devcluster.traffic import Traffic, ready_targets
 
-__all__ = ["rollout"]
+__all__ = ["operator_process", "rollout"]
 
 pytestmark = pytest.mark.e2e
 
