@@ -182,7 +182,7 @@ class PredictionTable:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._maturing: deque[tuple[float, str]] = deque()
+        self._maturing: deque[tuple[float, str, _Entry]] = deque()
         # Ids no longer joinable, so late feedback is told apart from ids never seen here.
         self._gone: OrderedDict[str, Outcome] = OrderedDict()
 
@@ -202,8 +202,8 @@ class PredictionTable:
                 # A client reusing an id: the first answer keeps it (the join stays exact).
                 self.metrics.untracked.labels(*self.metrics.label_values, "duplicate_id").inc()
                 return
-            self._entries[request_id] = _Entry(flat.copy(), now)
-            self._maturing.append((now, request_id))
+            entry = self._entries[request_id] = _Entry(flat.copy(), now)
+            self._maturing.append((now, request_id, entry))
             self._sweep(now)
 
     def sweep(self) -> None:
@@ -215,9 +215,8 @@ class PredictionTable:
     def _sweep(self, now: float) -> None:
         m = self.metrics
         while self._maturing and self._maturing[0][0] + self.horizon <= now:
-            _, rid = self._maturing.popleft()
-            entry = self._entries.get(rid)
-            if entry is None:
+            _, rid, entry = self._maturing.popleft()
+            if self._entries.get(rid) is not entry:
                 continue  # evicted by the bound before its horizon: not in the cohort
             m.h_predictions.inc(entry.values.size)
             if entry.horizon_labelled:
