@@ -124,12 +124,17 @@ class QualityMetrics:
             buckets=ERROR_BUCKETS,
             registry=registry,
         ).labels(model, revision)
-        self.untracked = Counter(
+        untracked = Counter(
             "roost_quality_untracked_predictions",
             "Inferences not kept for the feedback join, by reason.",
             (*labels, "reason"),
             registry=registry,
         )
+        # Resolved once: eviction runs on the hot path whenever the table is full.
+        self.untracked = {
+            reason: untracked.labels(model, revision, reason)
+            for reason in ("evicted", "duplicate_id", "too_many_rows")
+        }
         self.feedback = Counter(
             "roost_feedback_items",
             "Feedback items by outcome (joined here, late, duplicate, expired, unknown, ...).",
@@ -194,13 +199,13 @@ class PredictionTable:
         """Keep what the model answered for ``request_id`` (one value per row)."""
         flat = np.asarray(values).reshape(-1)
         if flat.size > MAX_ROWS_PER_ID:
-            self.metrics.untracked.labels(*self.metrics.label_values, "too_many_rows").inc()
+            self.metrics.untracked["too_many_rows"].inc()
             return
         now = self._clock()
         with self._lock:
             if request_id in self._entries or request_id in self._gone:
                 # A client reusing an id: the first answer keeps it (the join stays exact).
-                self.metrics.untracked.labels(*self.metrics.label_values, "duplicate_id").inc()
+                self.metrics.untracked["duplicate_id"].inc()
                 return
             entry = self._entries[request_id] = _Entry(flat.copy(), now)
             self._maturing.append((now, request_id, entry))
@@ -231,7 +236,7 @@ class PredictionTable:
                 break
             self._entries.popitem(last=False)
             if over:
-                m.untracked.labels(*m.label_values, "evicted").inc()
+                m.untracked["evicted"].inc()
             self._forget(rid, "duplicate" if entry.labelled else "expired")
 
     def _forget(self, rid: str, outcome: Outcome) -> None:
