@@ -72,6 +72,7 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/bench_shadow_gate.py
 	$(BIN)/python benchmarks/bench_shadow.py
 	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_accuracy.py
 
 # Container images without a Docker engine (buildah + debootstrap base); not part of `make test`.
 images:

@@ -65,6 +65,12 @@ def wine_traffic(x: Matrix) -> Matrix:
     return out
 
 
+def wine_traffic_labels(y: npt.NDArray[np.int64]) -> list[int]:
+    """The true class of each `wine_traffic` row (the same draw of rows), for feedback."""
+    rng = np.random.default_rng(SEED)
+    return [int(v) for v in y[rng.integers(0, y.shape[0], SAMPLE_ROWS)]]
+
+
 def write_model(
     dest: Path,
     model: Any,
@@ -73,6 +79,7 @@ def write_model(
     traffic: Matrix,
     description: str,
     bins: int = 10,
+    labels: list[int] | None = None,
 ) -> str:
     """Convert, verify on the training rows, profile on them, and write the three files."""
     x32 = train.astype(np.float32)
@@ -93,6 +100,8 @@ def write_model(
         "feature_names": names if traffic.shape[1] == len(names) else None,
         "rows": traffic.tolist(),
     }
+    if labels is not None:
+        sample["labels"] = labels  # ground truth per row: the traffic's feedback
     (dest / "sample.json").write_text(json.dumps(sample) + "\n")
     pred = prof.prediction
     classes = (
@@ -107,7 +116,10 @@ def write_model(
 def build_wine_v1(dest: Path) -> str:
     x, y, names = wine()
     clf = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=SEED).fit(x, y)
-    return write_model(dest, clf, x, names, wine_traffic(x), "wine traffic (13 features)")
+    labels = wine_traffic_labels(y)
+    return write_model(
+        dest, clf, x, names, wine_traffic(x), "wine traffic (13 features)", labels=labels
+    )
 
 
 def build_wine_v2(dest: Path) -> str:
@@ -149,6 +161,20 @@ def build_wine_constant(dest: Path) -> str:
     return write_model(dest, clf, x, names, wine_traffic(x), "wine traffic (13 features)")
 
 
+def build_wine_permuted(dest: Path) -> str:
+    # Worse, with the same prediction mix: trained (deep trees, so it memorises) on labels
+    # shuffled among half of the rows. Shuffling keeps the class mix, so its predictions on
+    # wine traffic split like v1's (divergence passes) and its inputs are v1's (drift
+    # passes), but about a third of its answers are wrong: only the accuracy gate sees it.
+    x, y, names = wine()
+    rng = np.random.default_rng(SEED + 2)
+    noisy = y.copy()
+    half = rng.choice(y.shape[0], y.shape[0] // 2, replace=False)
+    noisy[half] = noisy[rng.permutation(half)]
+    clf = RandomForestClassifier(n_estimators=50, random_state=SEED).fit(x, noisy)
+    return write_model(dest, clf, x, names, wine_traffic(x), "wine traffic (13 features)")
+
+
 def build_wine_regressor(dest: Path) -> str:
     # A regressor (the wine class as a number) profiled over 20 output bins: the e2e tests
     # canary a copy of it against itself at low traffic (an A/A rollout that must pass).
@@ -177,6 +203,7 @@ MODELS: dict[str, Callable[[Path], str]] = {
     "wine-bad-signature": build_wine_bad_signature,
     "wine-shifted": build_wine_shifted,
     "wine-constant": build_wine_constant,
+    "wine-permuted": build_wine_permuted,
     "wine-regressor": build_wine_regressor,
     "bench-rf20": build_bench_rf20,
 }

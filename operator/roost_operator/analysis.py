@@ -21,6 +21,10 @@ import aiohttp
 
 from roost_operator import compare
 from roost_operator.gates import (
+    HORIZON_CORRECT,
+    HORIZON_ERROR_BUCKET,
+    HORIZON_LABELLED,
+    HORIZON_PREDICTIONS,
     AnalysisResult,
     RevisionWindow,
     Scrape,
@@ -35,6 +39,7 @@ from roost_operator.gates import (
 )
 from roost_operator.pods import PodTarget
 from roost_operator.shadow import judge_shadow, prometheus_shadow_counts, shadow_counts
+from roost_operator.quality_gates import Quality
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import parse_time, rfc3339_seconds
 
@@ -307,6 +312,7 @@ class PrometheusSource:
             self.query(f"max by (bin) (roost_prediction_bin_upper{{{sel}}})", at),
             self.query(compare_query(sel, w), at),
         )
+        quality = await self._quality(sel, w, at)
         # Drift gauges are weighted per pod exactly as the pods source does it.
         per_pod: dict[str, dict[str, float]] = {}
         for labels, value in psi:
@@ -332,6 +338,32 @@ class PrometheusSource:
             binning={labels.get("feature", ""): labels.get("digest", "") for labels, _ in binning},
             prediction_edges={labels.get("bin", ""): v for labels, v in edges},
             compare=_by(counts, "version", "bin"),
+            quality=quality,
+        )
+
+    async def _quality(self, sel: str, w: str, at: datetime) -> Quality:
+        """The interval's horizon cohort (the accuracy and error gates' counts)."""
+
+        def total(name: str) -> str:
+            return f"sum(increase({name}{{{sel}}}[{w}]))"
+
+        matured, labelled, correct, errors = await asyncio.gather(
+            self.query(total(HORIZON_PREDICTIONS), at),
+            self.query(total(HORIZON_LABELLED), at),
+            self.query(total(HORIZON_CORRECT), at),
+            self.query(f"sum by (le) (increase({HORIZON_ERROR_BUCKET}{{{sel}}}[{w}]))", at),
+        )
+
+        def value(series: list[tuple[dict[str, str], float]]) -> float:
+            return sum(v for _, v in series if math.isfinite(v))
+
+        return Quality(
+            matured=value(matured),
+            labelled=value(labelled),
+            correct=value(correct),
+            error_buckets={
+                float(labels.get("le", "")): v for labels, v in errors if math.isfinite(v)
+            },
         )
 
     async def analyse(

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from roost_serving import drift
 
 from roost_operator.compare import COMPARE
+from roost_operator.quality_gates import Quality
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import rfc3339_seconds
 from roost_operator.verdicts import Counts, GateVerdict, judge_interval
@@ -39,6 +40,12 @@ FEATURE_BINS = "roost_feature_bin_total"
 FEATURE_REFERENCE = "roost_feature_reference_share"
 PREDICTION_EDGES = "roost_prediction_bin_upper"
 FEATURE_BINNING = "roost_feature_bins_info"
+# The accuracy gate's cohort (roost_serving.quality): rows counted once they are the label
+# horizon old, so both arms' labels had the same time to arrive.
+HORIZON_PREDICTIONS = "roost_quality_horizon_predictions_total"
+HORIZON_LABELLED = "roost_quality_horizon_labelled_total"
+HORIZON_CORRECT = "roost_quality_horizon_correct_total"
+HORIZON_ERROR_BUCKET = "roost_quality_horizon_abs_error_bucket"
 
 # Sample suffixes that accumulate (and so reset when the process restarts), per family type.
 _CUMULATIVE_SUFFIXES = {
@@ -240,6 +247,8 @@ class RevisionWindow:
     """Predictions per version of the pushed (stable's) edges and bin (`roost_operator.compare`)."""
     binning: Mapping[str, str] = field(default_factory=dict)
     """A hash of each feature's profile bins, as the revision's pods export it."""
+    quality: Quality = field(default_factory=Quality)
+    """Labelled predictions of the interval's horizon cohort (accuracy and error gates)."""
 
     @property
     def total_requests(self) -> float:
@@ -257,6 +266,7 @@ class RevisionWindow:
             prediction_edges=self.prediction_edges,
             compare=self.compare,
             binning=self.binning,
+            quality=self.quality,
         )
 
 
@@ -314,6 +324,15 @@ def window_from_samples(
         prediction_edges=edges,
         compare={v: row for v, row in compare.items() if v},
         binning={f: min(digests) for f, digests in binning.items() if digests},
+        quality=Quality(
+            matured=sum(sum(sum_by(d, HORIZON_PREDICTIONS, "model").values()) for d in deltas),
+            labelled=sum(sum(sum_by(d, HORIZON_LABELLED, "model").values()) for d in deltas),
+            correct=sum(sum(sum_by(d, HORIZON_CORRECT, "model").values()) for d in deltas),
+            error_buckets={
+                float(le): v
+                for le, v in add_maps(sum_by(d, HORIZON_ERROR_BUCKET, "le") for d in deltas).items()
+            },
+        ),
     )
 
 

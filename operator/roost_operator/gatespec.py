@@ -88,6 +88,28 @@ class ShadowGate:
 
 
 @dataclass(frozen=True)
+class AccuracyGate:
+    """`gates.accuracy` (classifiers): canary share of wrong labelled predictions minus the
+    stable's, over predictions whose labels had the same horizon to arrive."""
+
+    max_drop: float = 0.02
+    """Largest tolerated accuracy drop against stable (`maxDropVsStable`, 0.02 = 2 points)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
+class QualityErrorGate:
+    """`gates.error` (regressors): canary share of labelled predictions whose absolute error
+    exceeds the stable's `quantile` error (so far) minus the stable's share."""
+
+    max_increase: float = 0.05
+    """Largest tolerated increase of that share (`maxIncreaseVsStable`, 0.05 = 5 points)."""
+    quantile: float = 0.5
+    """Which quantile of the stable's absolute error sets the threshold (the median)."""
+    mode: GateMode = "enforce"
+
+
+@dataclass(frozen=True)
 class GatesSpec:
     """`spec.rollout.analysis.gates`; a None gate is switched off."""
 
@@ -97,19 +119,21 @@ class GatesSpec:
     drift: DriftGate | None = None
     shadow: ShadowGate | None = None
     """Judged in shadow steps only; not one of the traffic gates `any` asks about."""
+    accuracy: AccuracyGate | None = None
+    error: QualityErrorGate | None = None
 
     @property
     def any(self) -> bool:
         """Whether any traffic gate (judging weighted steps) is configured."""
-        return any(
-            g is not None for g in (self.error_rate, self.latency, self.divergence, self.drift)
-        )
+        gates = (self.error_rate, self.latency, self.divergence, self.drift, self.accuracy)
+        return any(g is not None for g in (*gates, self.error))
 
     def enforced(self) -> int:
         """How many gates spend `alpha` (observe-mode gates spend none)."""
         # A latency gate with only the maxP99Seconds point check runs no sequential test.
         latency = self.latency if self.latency and self.latency.max_ratio is not None else None
         gates = (self.error_rate, latency, self.divergence, self.drift, self.shadow)
+        gates += (self.accuracy, self.error)
         return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 
@@ -194,5 +218,18 @@ def parse_gates(raw: Any) -> GatesSpec:
             max_rate=0.05 if rate is None else rate,
             tolerance=0.0 if tolerance is None else tolerance,
             mode=_mode(sh, w),
+        )
+    if isinstance(acc := gates.get("accuracy"), Mapping):
+        w = f"{where}.accuracy"
+        drop = _number(acc, "maxDropVsStable", w, 0, 1)
+        out["accuracy"] = AccuracyGate(0.02 if drop is None else drop, _mode(acc, w))
+    if isinstance(err := gates.get("error"), Mapping):
+        w = f"{where}.error"
+        rise = _number(err, "maxIncreaseVsStable", w, 0, 1)
+        q = _number(err, "quantile", w, 0.05, 0.95)
+        out["error"] = QualityErrorGate(
+            max_increase=0.05 if rise is None else rise,
+            quantile=0.5 if q is None else q,
+            mode=_mode(err, w),
         )
     return GatesSpec(**out)

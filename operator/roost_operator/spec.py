@@ -16,6 +16,7 @@ from typing import Any
 from roost_operator import times
 from roost_operator.gatespec import (
     DEFAULT_MIN_DRIFT_ROWS,
+    AccuracyGate,
     DivergenceGate,
     DriftGate,
     ErrorRateGate,
@@ -25,6 +26,7 @@ from roost_operator.gatespec import (
     LatencyGate,
     OnInconclusive,
     ShadowGate,
+    QualityErrorGate,
     parse_gates,
 )
 from roost_operator.validationspec import ValidationSpec, ValidationSpecError, parse_validation
@@ -53,6 +55,7 @@ RESERVED_ENV = {
 }
 __all__ = [
     "DEFAULT_MIN_DRIFT_ROWS",
+    "AccuracyGate",
     "AnalysisSpec",
     "DivergenceGate",
     "DriftGate",
@@ -63,6 +66,7 @@ __all__ = [
     "ModelDeploymentSpec",
     "OnInconclusive",
     "ShadowGate",
+    "QualityErrorGate",
     "SpecError",
     "ValidationSpec",
     "parse_duration",

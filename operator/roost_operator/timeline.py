@@ -31,6 +31,7 @@ PANELS: tuple[tuple[str, str, float, str], ...] = (
     ("drift", "input bin share minus profile's (largest change)", 100.0, "pp"),
     ("divergence", "prediction bin share, canary minus stable (largest change)", 100.0, "pp"),
     ("shadowDisagreement", "shadow step: rows where the canary's answer differs", 100.0, "%"),
+    ("accuracy", "wrong-answer share, canary minus stable (labelled in time)", 100.0, "pp"),
 )
 TWO_SIDED = {"drift", "divergence"}
 OUTCOME_COLOURS = {"Promoted": "#2a9d4b", "RolledBack": "#d62728", "Aborted": "#ff7f0e"}

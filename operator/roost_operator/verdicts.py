@@ -37,6 +37,7 @@ from roost_operator import sequential as sq
 from roost_operator.compare import edges_from_uppers
 from roost_operator.compare import version as compare_version
 from roost_operator.routing import check_routing
+from roost_operator.quality_gates import Quality, judge_quality
 from roost_operator.spec import (
     AnalysisSpec,
     DivergenceGate,
@@ -80,6 +81,8 @@ class Counts:
     """Predictions per version of the pushed (stable's) output edges and bin."""
     binning: Mapping[str, str] = field(default_factory=dict)
     """A hash of each feature's profile bins (gauges): which features both arms bin alike."""
+    quality: Quality = field(default_factory=Quality)
+    """Labelled predictions of the horizon cohort (the accuracy and error gates)."""
 
     def by_class(self) -> dict[str, float]:
         """Requests per `CLASSES` entry."""
@@ -430,6 +433,9 @@ def judge_interval(
         out.append(_divergence_gate(ev, canary, stable, g.divergence, alpha))
     if g.drift is not None:
         out.append(_drift_gate(ev, canary, g.drift, alpha))
+    for qv in judge_quality(ev, canary.quality, stable.quality, g, alpha):
+        out.append(GateVerdict(qv.name, qv.mode, qv.verdict, qv.estimate, qv.lower, qv.upper,
+                               qv.margin, qv.effect, qv.words))  # fmt: skip
     enforced = [v for v in out if v.mode == "enforce"]
     served = sum(totals["canary"].values())
     routing = check_routing(

@@ -104,6 +104,16 @@ class Settings:
     """An inference log file is closed and written at least this often while records come."""
     log_rotate_bytes: int = 8 * 1024 * 1024
     """... and once its records reach about this many bytes (JSON-encoded size)."""
+    label_horizon: float = 60.0
+    """Seconds a label may take to arrive and still count for the accuracy gate: predictions
+    enter the gate's cohort counters when they are this old (docs/analysis.md, "Accuracy")."""
+    feedback_ttl: float = 3600.0
+    """Seconds a prediction stays joinable with feedback (at least ``label_horizon``)."""
+    feedback_max_ids: int = 100_000
+    """Most request ids kept for the feedback join; the oldest is evicted first."""
+    feedback_peers: tuple[str, ...] = ()
+    """Base URLs (``http://ip:port``) of the other serving pods, where feedback for ids this
+    pod never saw is forwarded; the operator's runtime ``peers`` section replaces it."""
 
     def __post_init__(self) -> None:
         """Reject values the server cannot run with, naming the option to fix."""
@@ -134,6 +144,7 @@ class Settings:
             ("max_connections", 1),
             ("max_header_bytes", 1024),
             ("fetch_attempts", 1),
+            ("feedback_max_ids", 1),
         ):
             if getattr(self, field) < minimum:
                 flag = "--" + field.replace("_", "-")
@@ -149,6 +160,11 @@ class Settings:
                 f"--drain-seconds {self.drain_seconds:g} leaves no time to finish in-flight "
                 f"requests inside --grace-seconds {self.grace_seconds:g} (keep it below "
                 f"{self.grace_seconds - SHUTDOWN_MARGIN_S:g})"
+            )
+        if self.feedback_ttl < self.label_horizon:
+            raise ConfigError(
+                f"--feedback-ttl {self.feedback_ttl:g} must be at least --label-horizon "
+                f"{self.label_horizon:g} (a label must be joinable for the whole horizon)"
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
@@ -194,6 +210,8 @@ _POSITIVE_SECONDS = (
     "fetch_timeout",
     "fetch_connect_timeout",
     "fetch_read_timeout",
+    "label_horizon",
+    "feedback_ttl",
 )
 
 
@@ -207,6 +225,8 @@ def _optional_int(value: str) -> int | None:
 
 def _names(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
+def _urls(value: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in value.split(",") if u.strip())
 
 
 # field -> (parser of the env/flag text, help). The flag is --field-with-dashes and the
@@ -247,6 +267,10 @@ _OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_buffer": (int, "most log records waiting to be written (dropped above)"),
     "log_rotate_seconds": (float, "longest a log file stays open while records come"),
     "log_rotate_bytes": (int, "log file size (JSON bytes) that closes it"),
+    "label_horizon": (float, "seconds a label may take and still count for the accuracy gate"),
+    "feedback_ttl": (float, "seconds a prediction stays joinable with feedback"),
+    "feedback_max_ids": (int, "most request ids kept for the feedback join"),
+    "feedback_peers": (_urls, "comma-separated http://ip:port of peer pods for feedback"),
 }
 
 

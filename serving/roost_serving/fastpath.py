@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from roost_serving.feedback import FORWARDED_HEADER
 from roost_serving.limits import (
     DEADLINE_HEADER,
     RETRY_AFTER_SECONDS,
@@ -47,9 +48,9 @@ _JSON = b"application/json"
 _CLOSE = (b"connection", b"close")
 
 
-async def _method_not_allowed(send: Send, method: str) -> None:
+async def _method_not_allowed(send: Send, method: str, what: str = "infer") -> None:
     """405 for an infer route asked with another method, with ``Allow`` and the OIP body."""
-    body = error_body(f"method {method} is not allowed here; infer requests use POST")
+    body = error_body(f"method {method} is not allowed here; {what} requests use POST")
     headers = [
         (b"content-type", _JSON),
         (b"content-length", str(len(body)).encode()),
@@ -91,6 +92,14 @@ class InferenceFastPath:
                         await self._infer(scope, receive, send, *target)
                     else:
                         await _method_not_allowed(send, scope["method"])
+                    return
+            if path.startswith("/v2/models/") and path.endswith("/feedback"):
+                parts = path.split("/")
+                if len(parts) == 5:
+                    if scope["method"] == "POST":
+                        await self._feedback(scope, receive, send, parts[3])
+                    else:
+                        await _method_not_allowed(send, scope["method"], "feedback")
                     return
         await self.app(scope, receive, send)
 
@@ -156,6 +165,30 @@ class InferenceFastPath:
         await send({"type": "http.response.body", "body": payload})
         metrics.count_request(status, source=source)
         metrics.observe_duration(time.perf_counter() - started, source=source)
+
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """Ground truth for earlier predictions (roost_serving.feedback): same body limit and
+        deadline as inference, the OIP error body on bad input."""
+        plane = self.plane
+        forwarded = any(k == FORWARDED_HEADER for k, _ in scope["headers"])
+        try:
+            plane.loaded_model(name, None)
+            seconds = parse_deadline(_request_headers(scope).deadline, plane.limits)
+            try:
+                async with asyncio.timeout(seconds):
+                    body = await self._read_body(scope, receive)
+                    payload = await plane.feedback.handle(body, forwarded)
+            except TimeoutError:
+                raise deadline_exceeded(seconds) from None
+            status = 200
+        except RoostError as exc:
+            status, payload = exc.status_code, error_body(exc.message)
+        except Exception as exc:  # never a stack trace in the body, always a logged one
+            log.exception("feedback failed")
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:

@@ -2,7 +2,8 @@
 
 roost installed with its Helm chart (the operator running as the chart's ServiceAccount),
 model v1 deployed under live traffic, v2 promoted through every canary step, and a model that
-predicts a constant class rolled back by the divergence gate.
+predicts a constant class rolled back by the divergence gate, then a worse model with the same
+class mix rolled back by the accuracy gate on the labels the traffic sends back.
 """
 
 from __future__ import annotations
@@ -30,5 +31,9 @@ def test_demo_promotes_v2_and_rolls_back_the_bad_model(
     assert result.rolled_back_revision != result.promoted_revision
     assert "divergence" in result.rollback_reason
     assert result.requests.get(200, 0) > 100
+    # The worse model with v1's class mix: rolled back on the labels sent back, not on drift.
+    assert result.accuracy_revision not in ("", result.rolled_back_revision)
+    assert result.accuracy_reason.startswith("gate accuracy failed"), result.accuracy_reason
+    assert result.feedback.get("joined", 0) > 0, result.feedback
     assert result.timeline_png is not None
     assert result.timeline_png.read_bytes()[:4] == b"\x89PNG"

@@ -6,7 +6,10 @@
 3. deploys model v1, sends bounded live traffic to the serving pods (by pod IP, in proportion
    to replicas), then applies v2 and prints the canary step by step until it is promoted;
 4. applies a model that predicts a constant class and prints the automatic rollback and why;
-5. draws the rollout timeline (PNG) and prints where everything is.
+5. applies a model that is worse but predicts the same class mix from the same inputs (drift and
+   divergence see nothing): the traffic sends the wine rows' true labels back a second after
+   each answer through a random pod, and the canary is rolled back on the accuracy gate;
+6. draws the rollout timeline (PNG) and prints where everything is.
 
 It exits non-zero when any stage does not behave as expected. The e2e test
 `tests/e2e/test_demo.py` runs the same `run()` against the test cluster.
@@ -53,6 +56,11 @@ class Result:
     rolled_back_revision: str = ""
     rollback_seconds: float = 0.0
     rollback_reason: str = ""
+    accuracy_revision: str = ""
+    """The worse-same-mix model's canary, rolled back on accuracy."""
+    accuracy_reason: str = ""
+    feedback: dict[str, int] = field(default_factory=dict)
+    """Feedback outcomes the pods reported for the traffic's labels."""
     timeline_png: Path | None = None
     requests: dict[int, int] = field(default_factory=dict)
 
@@ -64,22 +72,28 @@ def _models() -> dict[str, Path]:
 
 
 DEMO_STEPS = [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}]
-DEMO_ANALYSIS = {
-    "interval": "4s",
-    "minRequests": 20,
-    "failureLimit": 2,
-    "gates": {
-        "errorRate": {"margin": 0.05},
-        "latency": {"maxP99Seconds": 0.5},
-        "drift": {"margin": 0.2},
-        "divergence": {"margin": 0.1},
-    },
+DEMO_GATES: dict[str, Any] = {
+    "errorRate": {"margin": 0.05},
+    "latency": {"maxP99Seconds": 0.5},
+    "drift": {"margin": 0.2},
+    "divergence": {"margin": 0.1},
 }
+DEMO_ANALYSIS = {"interval": "4s", "minRequests": 20, "failureLimit": 2, "gates": DEMO_GATES}
 
 
-def manifest(namespace: str, model_dir: Path) -> dict[str, Any]:
-    """The demo ModelDeployment: 4 replicas, a two-step canary judged every 4 s."""
-    return mds.manifest(namespace, model_dir, NAME, 4, DEMO_STEPS, DEMO_ANALYSIS)
+# Labels count for the accuracy gate when they come within 5 s of the prediction (the demo's
+# traffic sends them after 1 s); the same on every revision, so it never forces a restart.
+DEMO_SERVER = {"env": [{"name": "ROOST_LABEL_HORIZON", "value": "5"}]}
+ACCURACY_GATE = {"maxDropVsStable": 0.05}
+
+
+def manifest(namespace: str, model_dir: Path, accuracy: bool = False) -> dict[str, Any]:
+    """The demo ModelDeployment: 4 replicas, a two-step canary judged every 4 s (with
+    `accuracy`, also on the labels the traffic sends back)."""
+    analysis = DEMO_ANALYSIS
+    if accuracy:
+        analysis = {**DEMO_ANALYSIS, "gates": {**DEMO_GATES, "accuracy": ACCURACY_GATE}}
+    return mds.manifest(namespace, model_dir, NAME, 4, DEMO_STEPS, analysis, server=DEMO_SERVER)
 
 
 def _apply(api: KubeApi, body: Mapping[str, Any]) -> None:
@@ -246,13 +260,17 @@ def run(
         manager="roost-demo",
     )
     _helm_install(cluster, namespace, release, log)
-    rows = json.loads((models["wine-v1"] / "sample.json").read_text())["rows"]
+    sample = json.loads((models["wine-v1"] / "sample.json").read_text())
+    rows, labels = sample["rows"], sample["labels"]
     record = out_dir / "demo-timeline.jsonl"
     record.unlink(missing_ok=True)
     try:
         log(f"deploying model v1 ({NAME}, 4 replicas)")
         _apply(api, manifest(namespace, models["wine-v1"]))
-        with Traffic(api, namespace, NAME, rows, rate=40, duration=3 * STAGE_TIMEOUT) as traffic:
+        with Traffic(
+            api, namespace, NAME, rows, rate=40, duration=4 * STAGE_TIMEOUT,
+            labels=labels, label_delay=1.0,
+        ) as traffic:  # fmt: skip
             watch = Watcher(api, namespace, record, traffic, log)
             watch.until("v1 Ready", lambda md: mds.condition(md, "Ready").get("status") == "True")
             log("model v1 is Ready; live traffic flowing (40 req/s, round-robin over pod IPs)")
@@ -302,6 +320,7 @@ def run(
             log(
                 f"ROLLED BACK {bad} after {result.rollback_seconds:.0f} s: {result.rollback_reason}"
             )
+            _accuracy_stage(api, namespace, models, revision, watch, result, log)
             for _ in range(3):  # a few more samples so the picture shows the stable state after
                 watch.poll()
                 time.sleep(1.0)
@@ -315,6 +334,40 @@ def run(
     timeline.plot(timeline.load(record), png, title=f"{namespace}/{NAME}")
     result.timeline_png = png
     return result
+
+
+def _accuracy_stage(
+    api: KubeApi,
+    namespace: str,
+    models: Mapping[str, Path],
+    stable: str,
+    watch: Watcher,
+    result: Result,
+    log: Log,
+) -> None:
+    """A worse model with the same prediction mix, rolled back on the accuracy gate."""
+    log(f"labels flowing back through random pods: {dict(watch.traffic.feedback)}")
+    log("applying a worse model with the same class mix (wine-permuted) → canary, accuracy gated")
+    started = time.monotonic()
+    _apply(api, manifest(namespace, models["wine-permuted"], accuracy=True))
+    md = watch.until(
+        "a canary for the worse model",
+        lambda md: (
+            ((md.get("status") or {}).get("canary") or {}).get("revision") not in (None, stable)
+        ),
+    )
+    worse = str(md["status"]["canary"]["revision"])
+    md = watch.until(
+        "the worse model's verdict", lambda md: _history_outcome(md, worse) is not None
+    )
+    entry = _history_outcome(md, worse) or {}
+    reason = str(entry.get("reason", ""))
+    if entry.get("outcome") != "RolledBack" or "accuracy" not in reason:
+        raise DemoError(f"the worse model was not rolled back on accuracy: {entry}")
+    result.accuracy_revision, result.accuracy_reason = worse, reason
+    result.feedback = dict(watch.traffic.feedback)
+    log(f"ROLLED BACK {worse} on accuracy after {time.monotonic() - started:.0f} s: {reason}")
+    log(f"feedback outcomes: {result.feedback}")
 
 
 def _crd() -> dict[str, Any]:

@@ -12,11 +12,17 @@ Every run is bounded in count and time, and only 127.0.0.0/8 addresses are ever 
     with Traffic(api, "ns", "wine", rows, rate=50, duration=20) as traffic:
         ...                      # runs in a background thread
     assert traffic.codes[200] == traffic.sent
+
+With ``labels`` (the true label of each row), every request carries an id and, ``label_delay``
+seconds after its answer, the label goes back to ``POST /v2/models/<name>/feedback`` of a
+*random* Ready pod (as through a Service: usually not the one that answered), in batches;
+``feedback`` counts the outcomes the pods report (joined, unknown, ...).
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import ipaddress
 import itertools
 import random
@@ -51,6 +57,11 @@ class Target:
     def url(self) -> str:
         """The V2 infer URL on the pod IP."""
         return f"http://{self.ip}:{self.port}/v2/models/{self.model}/infer"
+
+    @property
+    def feedback_url(self) -> str:
+        """The feedback URL on the pod IP."""
+        return f"http://{self.ip}:{self.port}/v2/models/{self.model}/feedback"
 
 
 def _env_value(container: dict[str, Any], name: str) -> str | None:
@@ -122,6 +133,8 @@ class Traffic:
         timeout: float = 5.0,
         seed: int = 0,
         rows_by_revision: Mapping[str, Sequence[Sequence[float]]] | None = None,
+        labels: Sequence[Any] | None = None,
+        label_delay: float = 2.0,
     ) -> None:
         if not rows or not all((rows_by_revision or {}).values()):
             raise ValueError("rows must not be empty")
@@ -145,6 +158,13 @@ class Traffic:
         """Requests per pod that got no 2xx answer (connection errors included)."""
         self.sent = 0
         self.no_target_waits = 0
+        if labels is not None and len(labels) != len(rows):
+            raise ValueError("labels must give one label per row")
+        self.labels, self.label_delay = labels, label_delay
+        self.feedback: Counter[str] = Counter()
+        """Feedback outcomes the pods reported (``joined``, ``unknown``, ...; ``failed``: no
+        answer)."""
+        self._due: list[tuple[float, str, Any]] = []
         self._lock = threading.Lock()
         self._targets: list[Target] = []
         self._stop = threading.Event()
@@ -221,12 +241,22 @@ class Traffic:
                 if due > now:
                     self._stop.wait(due - now)
                 target = targets[next(turn) % len(targets)]
-                rows = self.rows_by_revision.get(target.revision, self.rows)
-                body = infer_body(self._rng.choice(rows), self.input_name, self.datatype)
+                # Labels belong to `rows` (one per row): labelled traffic draws from them alone.
+                rows = self.rows if self.labels is not None else self.rows_by_revision.get(
+                    target.revision, self.rows
+                )
+                index = self._rng.randrange(len(rows))
+                body = infer_body(rows[index], self.input_name, self.datatype)
+                if self.labels is not None:
+                    body["id"] = rid = f"traffic-{self.sent}-{self._rng.getrandbits(32):08x}"
                 try:
                     code = http.post(target.url, json=body).status_code
                 except httpx.HTTPError:
                     code = 0
+                if self.labels is not None and code == 200:
+                    due_at = time.monotonic() + self.label_delay
+                    heapq.heappush(self._due, (due_at, rid, self.labels[index]))
+                    self._send_labels(http, targets)
                 with self._lock:
                     self.sent += 1
                     self.codes[code] += 1
@@ -234,3 +264,23 @@ class Traffic:
                     self.by_pod[target.pod] += 1
                     if not 200 <= code < 300:
                         self.failed_by_pod[target.pod] += 1
+
+    def _send_labels(self, http: httpx.Client, targets: Sequence[Target]) -> None:
+        """Send the labels that are due, in one batch, to a random Ready pod."""
+        now, batch = time.monotonic(), list[dict[str, Any]]()
+        while self._due and self._due[0][0] <= now and len(batch) < 500:
+            _, rid, label = heapq.heappop(self._due)
+            batch.append({"id": rid, "truth": label})
+        if not batch:
+            return
+        target = self._rng.choice(targets)
+        try:
+            answer = http.post(target.feedback_url, json={"feedback": batch})
+            outcomes = answer.json().get("outcomes", {}) if answer.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            outcomes = {}
+        with self._lock:
+            if not outcomes:
+                self.feedback["failed"] += len(batch)
+            for outcome, n in outcomes.items():
+                self.feedback[outcome] += int(n)

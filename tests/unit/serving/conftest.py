@@ -165,8 +165,10 @@ def forest_server(serving_models: dict[str, Path]) -> Iterator[RunningServer]:
 class ServeProcess:
     """A real ``roost serve`` process on 127.0.0.1, configured through ROOST_* variables."""
 
-    def __init__(self, env: dict[str, str], wait_ready: bool = True) -> None:
-        self.port = free_port()
+    def __init__(
+        self, env: dict[str, str], wait_ready: bool = True, port: int | None = None
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "roost_serving", "serve"],

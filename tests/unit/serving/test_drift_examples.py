@@ -105,3 +105,26 @@ def test_build_is_idempotent(example_models: dict[str, Path]) -> None:
     again = load_builder().build_all(next(iter(example_models.values())).parent)
     assert again == example_models
     assert {p: p.stat().st_mtime_ns for d in again.values() for p in d.iterdir()} == before
+
+
+def test_the_permuted_model_predicts_the_same_mix_but_is_wrong_far_more_often(
+    example_models: dict[str, Path],
+) -> None:
+    """What the accuracy gate's e2e needs: drift and divergence see nothing, labels do."""
+    rows = traffic(example_models["wine-v1"])
+    labels = np.asarray(
+        json.loads((example_models["wine-v1"] / "sample.json").read_text())["labels"]
+    )
+    stable = serve_traffic(example_models["wine-v1"], rows)
+    permuted = serve_traffic(example_models["wine-permuted"], rows)
+    mix_s, mix_p = predicted(stable) / len(rows), predicted(permuted) / len(rows)
+    assert np.abs(mix_s - mix_p).max() < 0.05
+    assert max(p for p, _ in permuted.statistics().values()) < GATE_PSI
+
+    def accuracy(name: str) -> float:
+        path = example_models[name] / "model.onnx"
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return float((sess.run(["label"], {"X": rows})[0] == labels).mean())
+
+    assert accuracy("wine-v1") > 0.95
+    assert accuracy("wine-permuted") < 0.8
