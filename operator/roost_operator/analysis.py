@@ -38,8 +38,8 @@ from roost_operator.gates import (
     window_from_samples,
 )
 from roost_operator.pods import PodTarget
-from roost_operator.shadow import judge_shadow, prometheus_shadow_counts, shadow_counts
 from roost_operator.quality_gates import Quality
+from roost_operator.shadow import judge_shadow, prometheus_shadow_counts, shadow_counts
 from roost_operator.spec import AnalysisSpec
 from roost_operator.times import parse_time, rfc3339_seconds
 

@@ -132,8 +132,8 @@ class GatesSpec:
         """How many gates spend `alpha` (observe-mode gates spend none)."""
         # A latency gate with only the maxP99Seconds point check runs no sequential test.
         latency = self.latency if self.latency and self.latency.max_ratio is not None else None
-        gates = (self.error_rate, latency, self.divergence, self.drift, self.shadow)
-        gates += (self.accuracy, self.error)
+        traffic = (self.error_rate, latency, self.divergence, self.drift)
+        gates = (*traffic, self.shadow, self.accuracy, self.error)
         return sum(1 for g in gates if g is not None and g.mode == "enforce")
 
 

@@ -25,8 +25,8 @@ from roost_operator.gatespec import (
     GatesSpec,
     LatencyGate,
     OnInconclusive,
-    ShadowGate,
     QualityErrorGate,
+    ShadowGate,
     parse_gates,
 )
 from roost_operator.validationspec import ValidationSpec, ValidationSpecError, parse_validation
@@ -65,8 +65,8 @@ __all__ = [
     "LatencyGate",
     "ModelDeploymentSpec",
     "OnInconclusive",
-    "ShadowGate",
     "QualityErrorGate",
+    "ShadowGate",
     "SpecError",
     "ValidationSpec",
     "parse_duration",

@@ -36,8 +36,8 @@ from roost_serving import drift
 from roost_operator import sequential as sq
 from roost_operator.compare import edges_from_uppers
 from roost_operator.compare import version as compare_version
-from roost_operator.routing import check_routing
 from roost_operator.quality_gates import Quality, judge_quality
+from roost_operator.routing import check_routing
 from roost_operator.spec import (
     AnalysisSpec,
     DivergenceGate,

@@ -225,6 +225,8 @@ def _optional_int(value: str) -> int | None:
 
 def _names(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def _urls(value: str) -> tuple[str, ...]:
     return tuple(u.strip() for u in value.split(",") if u.strip())
 

@@ -242,8 +242,10 @@ class Traffic:
                     self._stop.wait(due - now)
                 target = targets[next(turn) % len(targets)]
                 # Labels belong to `rows` (one per row): labelled traffic draws from them alone.
-                rows = self.rows if self.labels is not None else self.rows_by_revision.get(
-                    target.revision, self.rows
+                rows = (
+                    self.rows
+                    if self.labels is not None
+                    else self.rows_by_revision.get(target.revision, self.rows)
                 )
                 index = self._rng.randrange(len(rows))
                 body = infer_body(rows[index], self.input_name, self.datatype)
