@@ -117,3 +117,20 @@ def test_rest_and_grpc_requests_are_logged_answered_or_refused_but_not_validatio
     assert len(frame.loc["grpc-1", "outputs"]["label"]) == 2
     assert set(frame["revision"]) == {"r2"}
     assert (frame["latency_s"] > 0).all()
+
+
+def test_an_unknown_redacted_name_refuses_to_start(
+    tmp_path: Path, serving_models: dict[str, Path], serve_process: Any
+) -> None:
+    server = serve_process(
+        {
+            "ROOST_MODEL": str(serving_models["forest"]),
+            "ROOST_LOG_URI": str(tmp_path / "log"),
+            "ROOST_LOG_REDACT": "X,nope",
+        },
+        wait_ready=False,
+    )
+    _, stderr = server.proc.communicate(timeout=60)
+    assert server.proc.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("roost: error: cannot open the inference log: --log-redact 'nope'")
