@@ -41,7 +41,12 @@ from roost_serving.fastpath import InferenceFastPath
 from roost_serving.feedback import FeedbackService, peer_urls
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.grpc_server import grpc_lifespan
-from roost_serving.inference_log import InferenceLog, open_log, shutdown_deadline
+from roost_serving.inference_log import (
+    InferenceLog,
+    feedback_record,
+    open_log,
+    shutdown_deadline,
+)
 from roost_serving.limits import (
     Limits,
     queue_full,
@@ -214,6 +219,8 @@ class DataPlane:
             except ValueError as exc:
                 self.fail(f"cannot open the inference log: {exc}")
                 return
+            # Ground truth joins the log under the answer's id (each item once, across pods).
+            self.feedback.on_truth.append(self._log_truth)
         monitor = DriftMonitor(
             profile, self.registry, settings.name, settings.revision, settings.drift_window
         )
@@ -271,6 +278,19 @@ class DataPlane:
     def _peers_changed(self, section: dict[str, Any] | None) -> None:
         pushed = peer_urls(section)
         self.peer_urls = list(self.settings.feedback_peers) if pushed is None else pushed
+
+    def _log_truth(self, request_id: str, truth: Any, outcome: str) -> None:
+        """Append a feedback item to the inference log (``feedback`` record, same id)."""
+        if self.inference_log is not None:
+            record = feedback_record(
+                request_id,
+                truth,
+                model=self.settings.name,
+                revision=self.settings.revision,
+                pod=self.inference_log.config.pod,
+                outcome=outcome,
+            )
+            self.inference_log.append(record)
 
     def _remember(self, done: Inference) -> None:
         """Keep a client request's prediction for the feedback join (roost_serving.quality)."""

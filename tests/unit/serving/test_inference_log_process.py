@@ -13,7 +13,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from log_peers import BlackHole
 from roost_serving.config import Settings
-from roost_serving.log_reader import read_log
+from roost_serving.log_reader import examples, read_log
 
 ROW = '{"id":"%s","inputs":[{"name":"X","datatype":"FP32","shape":[1,5],"data":[0.5,-1,0.25,2,0]}]}'
 
@@ -134,3 +134,29 @@ def test_an_unknown_redacted_name_refuses_to_start(
     assert server.proc.returncode == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("roost: error: cannot open the inference log: --log-redact 'nope'")
+
+
+def test_feedback_lands_in_the_log_under_the_answers_id(
+    tmp_path: Path, serving_models: dict[str, Path], serve_process: Any
+) -> None:
+    server = _serve(serve_process, serving_models["forest"], str(tmp_path / "log"))
+    _infer(server, ["a", "b"])
+    feedback = {
+        "feedback": [{"id": "a", "truth": 2}, {"id": "b", "truth": 0}, {"id": "zz", "truth": 1}]
+    }
+    response = httpx.post(f"{server.url}/v2/models/forest/feedback", json=feedback)
+    assert response.status_code == 200, response.text
+    server.proc.send_signal(signal.SIGTERM)
+    _, stderr = server.proc.communicate(timeout=60)
+    assert server.proc.returncode == 0, stderr
+    truth = read_log(str(tmp_path / "log"), kind="feedback")
+    # Every item once, the unknown one too (its outcome says so), on the pod that answered.
+    assert dict(zip(truth["id"], truth["outcome"], strict=True)) == {
+        "a": "joined",
+        "b": "joined",
+        "zz": "unknown",
+    }
+    assert set(truth["pod"]) == {"forest-pod-1"}
+    assert set(truth["revision"]) == {"r7"}
+    joined = examples(read_log(str(tmp_path / "log")))
+    assert sorted(zip(joined["id"], joined["ground_truth"], strict=True)) == [("a", 2), ("b", 0)]
