@@ -38,15 +38,10 @@ from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
 from roost_serving.fastpath import InferenceFastPath
-from roost_serving.feedback import FeedbackService, peer_urls
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
+from roost_serving.groundtruth import GroundTruth
 from roost_serving.grpc_server import grpc_lifespan
-from roost_serving.inference_log import (
-    InferenceLog,
-    feedback_record,
-    open_log,
-    shutdown_deadline,
-)
+from roost_serving.inference_log import InferenceLog, open_log, shutdown_deadline
 from roost_serving.limits import (
     Limits,
     queue_full,
@@ -69,7 +64,6 @@ from roost_serving.protocol import (
     decode_request,
     encode_response,
 )
-from roost_serving.quality import PredictionTable, QualityMetrics
 from roost_serving.redact import redact_uri
 from roost_serving.requestid import Inference, resolve
 from roost_serving.runtime import RuntimeConfig, install_routes
@@ -112,32 +106,15 @@ class DataPlane:
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.monitor: DriftMonitor | None = None
-        self.quality = PredictionTable(
-            QualityMetrics(registry, settings.name, settings.revision),
-            horizon=settings.label_horizon,
-            ttl=settings.feedback_ttl,
-            max_ids=settings.feedback_max_ids,
-        )
-        """Recent predictions by request id, for the feedback join (roost_serving.quality)."""
-        self.peer_urls: list[str] = list(settings.feedback_peers)
-        """Base URLs of the other serving pods, where feedback for unknown ids is forwarded:
-        the runtime config's ``peers`` section once pushed, else ``--feedback-peers``."""
-        self.feedback = FeedbackService(
-            self.quality,
-            settings.name,
-            lambda: self.peer_urls,
-            f"http://{settings.host}:{settings.port}",
-        )
-        self.runtime.subscribe("peers", self._peers_changed)
-        self.prediction_output: str | None = None
-        """The output whose values feedback is joined with (the profile's, else the first)."""
+        self.truth = GroundTruth(settings, registry, self.runtime)
+        """Predictions kept for labels, ``POST .../feedback`` and its peers (groundtruth)."""
         self.load_error: str | None = None
         self.shutting_down = False
         self.on_fatal: Callable[[str], None] = lambda _: None
         self.limits = settings.limits()
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
-        self.observers: list[Callable[[Inference], None]] = [self._remember]
+        self.observers: list[Callable[[Inference], None]] = [self.truth.remember]
         """Called on the event loop after each successful model run, before the response is
         encoded (shadow tee, inference log, ...); they must not block: queue and return."""
         self.grpc_port: int | None = None
@@ -219,8 +196,6 @@ class DataPlane:
             except ValueError as exc:
                 self.fail(f"cannot open the inference log: {exc}")
                 return
-            # Ground truth joins the log under the answer's id (each item once, across pods).
-            self.feedback.on_truth.append(self._log_truth)
         monitor = DriftMonitor(
             profile, self.registry, settings.name, settings.revision, settings.drift_window
         )
@@ -240,11 +215,7 @@ class DataPlane:
         if monitor.compare is not None:
             # The stable's output edges, pushed by the operator (roost_serving.compare).
             self.runtime.subscribe("compare", monitor.compare.apply)
-        self.prediction_output = (
-            profile.prediction.output
-            if profile is not None and profile.prediction is not None
-            else (model.output_names[0] if model.output_names else None)
-        )
+        self.truth.model_loaded(model, profile, self.inference_log)
         # Everything allocated so far (imports, app, model) lives as long as the process; moving
         # it out of the collector's generations keeps full collections, which otherwise walk
         # every one of those objects and stall the loop for milliseconds, short.
@@ -274,29 +245,6 @@ class DataPlane:
         self.load_error = reason
         log.error("model %r cannot be served: %s", self.settings.name, reason)
         self.on_fatal(reason)
-
-    def _peers_changed(self, section: dict[str, Any] | None) -> None:
-        pushed = peer_urls(section)
-        self.peer_urls = list(self.settings.feedback_peers) if pushed is None else pushed
-
-    def _log_truth(self, request_id: str, truth: Any, outcome: str) -> None:
-        """Append a feedback item to the inference log (``feedback`` record, same id)."""
-        if self.inference_log is not None:
-            record = feedback_record(
-                request_id,
-                truth,
-                model=self.settings.name,
-                revision=self.settings.revision,
-                pod=self.inference_log.config.pod,
-                outcome=outcome,
-            )
-            self.inference_log.append(record)
-
-    def _remember(self, done: Inference) -> None:
-        """Keep a client request's prediction for the feedback join (roost_serving.quality)."""
-        name = self.prediction_output
-        if done.source == "client" and name is not None and name in done.outputs:
-            self.quality.record(done.request_id, done.outputs[name])
 
     def _observe_batch(
         self, inputs: MutableMapping[str, np.ndarray] | Any, outputs: Any, rows: int
@@ -554,7 +502,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
-        plane.quality.sweep()  # the accuracy gate's cohort counters, current when read
+        plane.truth.table.sweep()  # the accuracy gate's cohort counters, current when read
         return Response(generate_latest(plane.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.fast_path = InferenceFastPath(partial(FastAPI.__call__, app), plane)

@@ -177,7 +177,7 @@ class InferenceFastPath:
             try:
                 async with asyncio.timeout(seconds):
                     body = await self._read_body(scope, receive)
-                    payload = await plane.feedback.handle(body, forwarded)
+                    payload = await plane.truth.feedback.handle(body, forwarded)
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
             status = 200

@@ -160,13 +160,13 @@ def test_static_peers_apply_until_the_runtime_config_names_them(
 
     settings = Settings(model="m.onnx", feedback_peers=("http://127.0.0.1:1",))
     plane = DataPlane(settings, CollectorRegistry())
-    assert plane.peer_urls == ["http://127.0.0.1:1"]
+    assert plane.truth.peer_urls == ["http://127.0.0.1:1"]
     plane.runtime.apply({"version": "a", "sections": {"peers": {"pods": [
         {"pod": "x", "revision": "r", "role": "canary", "url": "http://127.0.0.2:8080"}, {"pod": 1},
     ]}}})  # fmt: skip
-    assert plane.peer_urls == ["http://127.0.0.2:8080"]
+    assert plane.truth.peer_urls == ["http://127.0.0.2:8080"]
     plane.runtime.apply({"version": "b", "sections": {}})
-    assert plane.peer_urls == ["http://127.0.0.1:1"]
+    assert plane.truth.peer_urls == ["http://127.0.0.1:1"]
 
 
 def test_each_item_reaches_the_truth_hooks_of_exactly_one_pod(
@@ -176,10 +176,10 @@ def test_each_item_reaches_the_truth_hooks_of_exactly_one_pod(
     items nobody joined, so each lands in the log once."""
     settings = Settings(model=str(serving_models["forest"]), name="forest")
     a, b = start_server(settings), start_server(settings)
-    a.plane.peer_urls, b.plane.peer_urls = [b.url], [a.url]
+    a.plane.truth.peer_urls, b.plane.truth.peer_urls = [b.url], [a.url]
     heard: dict[str, list[tuple[str, object, str]]] = {"a": [], "b": []}
-    a.plane.feedback.on_truth.append(lambda *item: heard["a"].append(item))
-    b.plane.feedback.on_truth.append(lambda *item: heard["b"].append(item))
+    a.plane.truth.feedback.on_truth.append(lambda *item: heard["a"].append(item))
+    b.plane.truth.feedback.on_truth.append(lambda *item: heard["b"].append(item))
     label = _infer(a.url, "hook-1", ROWS[:1])[0]
     body = {"feedback": [{"id": "hook-1", "truth": label}, {"id": "nobody", "truth": 2}]}
     assert _feedback(b.url, body).json()["outcomes"]["joined"] == 1
