@@ -31,6 +31,7 @@ from typing import Any
 
 from roost_operator import sequential as sq
 from roost_operator.gatespec import AccuracyGate, GatesSpec, QualityErrorGate
+from roost_operator.histograms import count_above, quantile_edge
 
 
 @dataclass(frozen=True)
@@ -138,21 +139,6 @@ def accuracy_gate(
     )  # fmt: skip
 
 
-def _edge(buckets: Mapping[float, float], q: float) -> float | None:
-    """Smallest bucket bound holding at least `q` of the observations."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    total = buckets[bounds[-1]]
-    return next((b for b in bounds if buckets[b] >= q * total), None)
-
-
-def _above(buckets: Mapping[float, float], bound: float) -> float:
-    total = buckets.get(math.inf, 0.0)
-    at = max((c for b, c in buckets.items() if b <= bound * (1 + 1e-9)), default=0.0)
-    return max(total - at, 0.0)
-
-
 def error_gate(
     evidence: dict[str, Any],
     canary: Quality,
@@ -165,15 +151,15 @@ def error_gate(
     raw = evidence.get("error") or {}
     state = sq.DiffState.from_status(raw.get("state"), 1)
     past = {float(k): float(v) for k, v in (raw.get("stable") or {}).items()}
-    edge = _edge(past, gate.quantile)
+    edge = quantile_edge(past, gate.quantile)
     n_c = canary.error_buckets.get(math.inf, 0.0)
     n_s = stable.error_buckets.get(math.inf, 0.0)
     if edge is not None and math.isfinite(edge) and n_c > 0 and n_s > 0:
         state = sq.update(
             state,
-            [_above(canary.error_buckets, edge)],
+            [count_above(canary.error_buckets, edge)],
             [n_c],
-            [_above(stable.error_buckets, edge)],
+            [count_above(stable.error_buckets, edge)],
             [n_s],
         )
     for b, n in stable.error_buckets.items():

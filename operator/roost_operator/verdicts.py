@@ -36,6 +36,7 @@ from roost_serving import drift
 from roost_operator import sequential as sq
 from roost_operator.compare import edges_from_uppers
 from roost_operator.compare import version as compare_version
+from roost_operator.histograms import count_above, quantile_edge
 from roost_operator.quality_gates import Quality, judge_quality
 from roost_operator.routing import check_routing
 from roost_operator.spec import (
@@ -175,22 +176,6 @@ def _error_gate(
     return sq.VERDICTS[int(code)], float(state.estimate[0]), float(lower[0]), float(upper[0])
 
 
-def _quantile_edge(buckets: Mapping[float, float], q: float) -> float | None:
-    """Smallest bucket bound holding at least `q` of the observations."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    total = buckets[bounds[-1]]
-    return next((b for b in bounds if buckets[b] >= q * total), None)
-
-
-def _above(buckets: Mapping[float, float], bound: float) -> float:
-    """Observations above `bound` (a bucket bound) in cumulative buckets."""
-    total = buckets.get(math.inf, 0.0)
-    at = max((c for b, c in buckets.items() if b <= bound * (1 + 1e-6)), default=0.0)
-    return max(total - at, 0.0)
-
-
 def _latency_gate(
     evidence: dict[str, Any], canary: Counts, stable: Counts, gate: LatencyGate, alpha: float
 ) -> tuple[str, float, float, float, float | None]:
@@ -201,7 +186,7 @@ def _latency_gate(
     state = _diff_state(raw.get("state"), 1)
     tail = _diff_state(raw.get("tail"), 1)
     past = {float(k): float(v) for k, v in (raw.get("stable") or {}).items()}
-    edge = _quantile_edge(past, gate.quantile)
+    edge = quantile_edge(past, gate.quantile)
     bounds = sorted(b for b in canary.buckets if math.isfinite(b))
     ratio = gate.max_ratio or 1.0
     n_c = canary.buckets.get(math.inf, 0.0)
@@ -210,10 +195,10 @@ def _latency_gate(
         # ratio up keeps the test valid; the docs state the smallest resolvable ratio).
         scaled = next((b for b in bounds if b >= ratio * edge * (1 - 1e-3)), None)
         if scaled is not None:
-            slow = _above(canary.buckets, scaled)
+            slow = count_above(canary.buckets, scaled)
             n_s = stable.buckets.get(math.inf, 0.0)
             if n_s > 0:
-                state = sq.update(state, [slow], [n_c], [_above(stable.buckets, edge)], [n_s])
+                state = sq.update(state, [slow], [n_c], [count_above(stable.buckets, edge)], [n_s])
             tail = sq.update(tail, [slow], [n_c], None, None, [1 - gate.quantile])
     seen = _add(raw.get("canary"), canary.buckets)
     for b, n in stable.buckets.items():
@@ -227,7 +212,7 @@ def _latency_gate(
     fail, lower, upper = sq.judge_many(state, alpha, 0.0)
     ok, _, _ = sq.judge_many(tail, alpha, 0.0)
     verdict = "fail" if fail == sq.FAIL else "pass" if ok == sq.PASS else "inconclusive"
-    c_edge, s_edge = _quantile_edge(seen, gate.quantile), _quantile_edge(past, gate.quantile)
+    c_edge, s_edge = quantile_edge(seen, gate.quantile), quantile_edge(past, gate.quantile)
     effect = c_edge / s_edge if c_edge and s_edge and math.isfinite(c_edge * s_edge) else None
     return verdict, float(state.estimate[0]), float(lower[0]), float(upper[0]), effect
 
