@@ -35,6 +35,7 @@ from roost_operator.times import rfc3339_seconds
 FIELD_MANAGER = "roost"
 HASH_ANNOTATION = "roost.dev/applied-hash"
 PLURALS = {
+    ("v1", "Pod"): "pods",  # only pods/status: the roost.dev/traffic readiness gate
     ("v1", "Service"): "services",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
