@@ -37,6 +37,7 @@ HASH_ANNOTATION = "roost.dev/applied-hash"
 PLURALS = {
     ("v1", "Pod"): "pods",  # only pods/status: the roost.dev/traffic readiness gate
     ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",

@@ -25,11 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e.operator_fixtures import operator_process
 from e2e.test_canary_scenarios import Rollout, rollout
 from prometheus_client.parser import text_string_to_metric_families
 from roost_devcluster import modeldeployments as mds
 
-__all__ = ["rollout"]
+__all__ = ["operator_process", "rollout"]
 
 pytestmark = pytest.mark.e2e
 
@@ -154,6 +155,6 @@ def test_good_model_passes_validation_and_is_promoted(rollout: Rollout) -> None:
         url = _metrics_url(pod)
         assert url is not None
         counts.append(_requests_by_source(httpx.get(url, timeout=5).text).get("validation", 0.0))
-    assert max(counts) == 8.0, counts
+    assert max(counts) >= 8.0, counts
     # Only after validation did clients reach the canary (now the stable revision).
     assert traffic.by_revision[(canary, 200)] > 0, traffic.by_revision
