@@ -35,7 +35,6 @@ from roost_operator.times import rfc3339_seconds
 FIELD_MANAGER = "roost"
 HASH_ANNOTATION = "roost.dev/applied-hash"
 PLURALS = {
-    ("v1", "Pod"): "pods",  # only pods/status: the roost.dev/traffic readiness gate
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("apps/v1", "Deployment"): "deployments",
