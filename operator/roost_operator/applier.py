@@ -36,6 +36,7 @@ FIELD_MANAGER = "roost"
 HASH_ANNOTATION = "roost.dev/applied-hash"
 PLURALS = {
     ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",

@@ -157,3 +157,9 @@ def test_analysis_leaves_validation_requests_out() -> None:
     }
     window = window_from_samples([deltas], [{}])
     assert window.requests == {"200": 30.0}
+
+
+def test_the_traffic_gate_is_patched_on_the_pods_status_subresource() -> None:
+    from roost_operator.applier import collection_path
+
+    assert collection_path("v1", "Pod", "ml") == "/api/v1/namespaces/ml/pods"
