@@ -1,8 +1,9 @@
 """The demo's core (`make demo`) on the test cluster: the same code path, asserted.
 
 roost installed with its Helm chart (the operator running as the chart's ServiceAccount),
-model v1 deployed under live traffic, v2 promoted through every canary step, and a model that
-predicts a constant class rolled back by the divergence gate, then a worse model with the same
+model v1 deployed under live traffic, v2 promoted through a shadow step and every canary step,
+and a model that predicts a constant class rolled back in the shadow step before any client
+request reached it, then a worse model with the same
 class mix rolled back by the accuracy gate on the labels the traffic sends back.
 """
 
@@ -29,7 +30,8 @@ def test_demo_promotes_v2_and_rolls_back_the_bad_model(
     assert result.promoted_revision
     assert result.rolled_back_revision
     assert result.rolled_back_revision != result.promoted_revision
-    assert "divergence" in result.rollback_reason
+    assert "shadowDisagreement" in result.rollback_reason, result.rollback_reason
+    assert result.rolled_back_client_requests == 0
     assert result.requests.get(200, 0) > 100
     # The worse model with v1's class mix: rolled back on the labels sent back, not on drift.
     assert result.accuracy_revision not in ("", result.rolled_back_revision)

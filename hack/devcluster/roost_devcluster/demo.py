@@ -4,8 +4,11 @@
 2. installs roost with its Helm chart: the operator runs as the chart's ServiceAccount
    (the pod runner gives it a TokenRequest token), watching the demo namespace;
 3. deploys model v1, sends bounded live traffic to the serving pods (by pod IP, in proportion
-   to replicas), then applies v2 and prints the canary step by step until it is promoted;
-4. applies a model that predicts a constant class and prints the automatic rollback and why;
+   to replicas, Ready pods only: what a Service would select), then applies v2 and prints the
+   canary step by step — shadowed (the stable pods copy every request to it and compare the
+   answers), then weighted — until it is promoted;
+4. applies a model that predicts a constant class: it is rolled back in the shadow step, before
+   a single client request reached it (the traffic counts who answered each request);
 5. applies a model that is worse but predicts the same class mix from the same inputs (drift and
    divergence see nothing): the traffic sends the wine rows' true labels back a second after
    each answer through a random pod, and the canary is rolled back on the accuracy gate;
@@ -56,6 +59,9 @@ class Result:
     rolled_back_revision: str = ""
     rollback_seconds: float = 0.0
     rollback_reason: str = ""
+    rolled_back_client_requests: int = -1
+    """Client requests the bad model answered (the traffic's own count): 0 when caught in
+    shadow."""
     accuracy_revision: str = ""
     """The worse-same-mix model's canary, rolled back on accuracy."""
     accuracy_reason: str = ""
@@ -72,6 +78,10 @@ def _models() -> dict[str, Path]:
 
 
 DEMO_STEPS = [{"weight": 25, "pause": "8s"}, {"weight": 50, "pause": "8s"}]
+# v2 and the constant model go through a shadow step first: the constant model is caught there
+# with zero user exposure. The accuracy stage's model disagrees with v1 on a third of the rows,
+# so a shadow step would catch it too; it runs without one, to show the accuracy gate.
+SHADOW_STEPS = [{"shadow": 100, "pause": "8s"}, *DEMO_STEPS]
 DEMO_GATES: dict[str, Any] = {
     "errorRate": {"margin": 0.05},
     "latency": {"maxP99Seconds": 0.5},
@@ -88,12 +98,13 @@ ACCURACY_GATE = {"maxDropVsStable": 0.05}
 
 
 def manifest(namespace: str, model_dir: Path, accuracy: bool = False) -> dict[str, Any]:
-    """The demo ModelDeployment: 4 replicas, a two-step canary judged every 4 s (with
-    `accuracy`, also on the labels the traffic sends back)."""
-    analysis = DEMO_ANALYSIS
+    """The demo ModelDeployment: 4 replicas, a shadow step then a two-step canary judged every
+    4 s (with `accuracy`: no shadow step, and also judged on the labels sent back)."""
+    analysis, steps = DEMO_ANALYSIS, SHADOW_STEPS
     if accuracy:
         analysis = {**DEMO_ANALYSIS, "gates": {**DEMO_GATES, "accuracy": ACCURACY_GATE}}
-    return mds.manifest(namespace, model_dir, NAME, 4, DEMO_STEPS, analysis, server=DEMO_SERVER)
+        steps = DEMO_STEPS
+    return mds.manifest(namespace, model_dir, NAME, 4, steps, analysis, server=DEMO_SERVER)
 
 
 def _apply(api: KubeApi, body: Mapping[str, Any]) -> None:
@@ -317,8 +328,12 @@ def run(
                 raise DemoError("after the rollback the stable revision is not v2 any more")
             result.rolled_back_revision, result.rollback_seconds = bad, time.monotonic() - started
             result.rollback_reason = str(stalled.get("message", ""))
+            result.rolled_back_client_requests = sum(
+                n for (rev, _), n in traffic.by_revision.items() if rev == bad
+            )
             log(
                 f"ROLLED BACK {bad} after {result.rollback_seconds:.0f} s: {result.rollback_reason}"
+                f" — client requests it answered: {result.rolled_back_client_requests}"
             )
             _accuracy_stage(api, namespace, models, revision, watch, result, log)
             for _ in range(3):  # a few more samples so the picture shows the stable state after
