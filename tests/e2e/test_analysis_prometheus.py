@@ -8,6 +8,7 @@ source, on PromQL `increase()` / `histogram_quantile()` answers.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -144,7 +145,13 @@ async def test_prometheus_source_judges_the_canary(
         gates = {g.name: g for g in result.gates}
         # Both code series share scrape timestamps, so extrapolation cancels in the shares.
         assert gates["errorRate"].estimate == pytest.approx(60 / 210, rel=1e-3)
-        assert "10 4xx" in gates["errorRate"].words
+        # The words count what increase() says: 10 4xx of 210, scaled by its extrapolation
+        # past the samples (by up to half a scrape interval: 1.0 to 1.4 here), rounded.
+        counted = re.search(r"(\d+) 4xx of (\d+)", gates["errorRate"].words)
+        assert counted is not None, gates["errorRate"].words
+        client_errors, total = int(counted[1]), int(counted[2])
+        assert 210 <= total <= 1.5 * 210
+        assert client_errors / total == pytest.approx(10 / 210, abs=1 / total)
         # All requests took 4 ms: the legacy ceiling reads the interval's p99 from the buckets.
         p99 = gates["latencyP99"].estimate
         assert p99 is not None

@@ -9,8 +9,8 @@ answers by request id; ``gates.shadowDisagreement`` (implied) judges the disagre
 - wine-constant (always class 2) is rolled back in the shadow step: zero client requests on the
   canary — counted by the clients and by the canary pods' own /metrics, which only ever show
   ``source="shadow"`` requests;
-- wine-v2 (same labels as wine-v1 on this traffic) passes the shadow step, then takes client
-  traffic at weight 50 and is promoted.
+- wine-v2 (same labels as wine-v1 on this traffic) passes validation, then the shadow step,
+  then takes client traffic at weight 50 and is promoted.
 
 Each scenario prints ``SCENARIO <name>: verdict <X> after <N> s`` (apply to verdict).
 """
@@ -24,7 +24,7 @@ import httpx
 import pytest
 from e2e.operator_fixtures import operator_process
 from e2e.test_canary_scenarios import Rollout, rollout
-from e2e.test_zero_exposure import CanaryScrapes, _metrics_url, _requests_by_source
+from e2e.test_zero_exposure import VALIDATION, CanaryScrapes, _metrics_url, _requests_by_source
 from roost_devcluster import modeldeployments as mds
 
 __all__ = ["operator_process", "rollout"]
@@ -36,10 +36,12 @@ GATES: Obj = {"errorRate": {"margin": 0.05}}
 STEPS: list[Obj] = [{"shadow": 100, "pause": "4s"}, {"weight": 50, "pause": "4s"}]
 
 
-def _apply(r: Rollout, model: str) -> None:
+def _apply(r: Rollout, model: str, validation: Obj | None = None) -> None:
     body = mds.manifest(
         r.namespace, r.models[model], "wine", 2, STEPS, {"interval": "2s", "gates": GATES}
     )
+    if validation is not None:
+        body["spec"]["rollout"]["validation"] = validation
     r.started = time.monotonic()
     mds.apply(r.api, body)
 
@@ -101,7 +103,8 @@ def test_one_class_model_rolled_back_in_shadow_with_zero_client_requests(r: Roll
 def test_good_model_passes_shadow_and_is_promoted(r: Rollout) -> None:
     stable = _serve_stable(r)
     with r.traffic(150) as traffic:
-        _apply(r, "wine-v2")
+        # The whole zero-exposure path: validated before any traffic, shadowed, then weighted.
+        _apply(r, "wine-v2", VALIDATION)
         canary = r.new_canary(stable)
         advanced = r.wait(
             lambda: r.canary() if r.canary().get("step") == 1 else None, "the weighted step"
@@ -109,6 +112,7 @@ def test_good_model_passes_shadow_and_is_promoted(r: Rollout) -> None:
         shadow = _shadow_totals(r, stable, canary)
         st = r.verdict("Promoted", "shadow-pass")
     assert advanced["revision"] == canary
+    assert advanced["validation"]["result"] == "passed", advanced
     assert st["stable"]["revision"] == canary
     assert shadow.get("roost_shadow_requests_total/compared", 0.0) >= 50, shadow
     assert shadow.get("roost_shadow_disagreements_total/prediction", 0.0) == 0.0, shadow
