@@ -235,9 +235,12 @@ GRANTED = [
     ("patch", "horizontalpodautoscalers.autoscaling"), ("list", "customresourcedefinitions"),
     ("get", "modeldeployments.roost.dev"), ("create", "leases.coordination.k8s.io"),
     ("update", "leases.coordination.k8s.io/roost-operator"),
+    # The serving pods' runtime-token Secret <md>-runtime: created once, read back by name.
+    ("create", "secrets"), ("get", "secrets"),
 ]  # fmt: skip
 DENIED = [
-    ("get", "secrets"), ("list", "secrets"), ("list", "configmaps"), ("create", "pods"),
+    ("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
+    ("list", "configmaps"), ("create", "pods"),
     ("delete", "pods"), ("patch", "pods"), ("update", "deployments.apps"),
     ("get", "deployments.apps"),
     ("delete", "modeldeployments.roost.dev"), ("create", "modeldeployments.roost.dev"),
