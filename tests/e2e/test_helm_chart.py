@@ -217,9 +217,16 @@ def test_install_reconciles_helm_test_and_uninstall(
     )
 
 
+SUBRESOURCES = ("status", "scale")
+
+
 def can_i(kubeconfig: Path, namespace: str, verb: str, resource: str) -> bool:
+    """`kubectl auth can-i` as the operator; `pods/status` asks about the subresource (kubectl
+    reads `kind/x` as the object named x), `leases.../roost-operator` about one object."""
+    kind, _, tail = resource.partition("/")
+    target = [kind, f"--subresource={tail}"] if tail in SUBRESOURCES else [resource]
     done = kubectl(
-        kubeconfig, "auth", "can-i", verb, resource, "-n", namespace,
+        kubeconfig, "auth", "can-i", verb, *target, "-n", namespace,
         f"--as=system:serviceaccount:{namespace}:{SA}",
     )  # fmt: skip
     return done.stdout.strip() == "yes"
