@@ -146,11 +146,12 @@ async def test_prometheus_source_judges_the_canary(
         # Both code series share scrape timestamps, so extrapolation cancels in the shares.
         assert gates["errorRate"].estimate == pytest.approx(60 / 210, rel=1e-3)
         # The words count what increase() says: 10 4xx of 210, scaled by its extrapolation
-        # past the samples (by up to half a scrape interval: 1.0 to 1.4 here), rounded.
+        # past the samples (by up to half a scrape interval at each end: 1.0 to 1.5 seen here
+        # when the series span only a few scrapes), rounded.
         counted = re.search(r"(\d+) 4xx of (\d+)", gates["errorRate"].words)
         assert counted is not None, gates["errorRate"].words
         client_errors, total = int(counted[1]), int(counted[2])
-        assert 210 <= total <= 1.5 * 210
+        assert 210 <= total <= 2 * 210
         assert client_errors / total == pytest.approx(10 / 210, abs=1 / total)
         # All requests took 4 ms: the legacy ceiling reads the interval's p99 from the buckets.
         p99 = gates["latencyP99"].estimate
