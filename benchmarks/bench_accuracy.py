@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import beta
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("operator", "serving")]
 
 from roost_operator import sequential as sq  # noqa: E402
 from roost_serving.quality import ERROR_BUCKETS  # noqa: E402
+from simstats import cp_upper  # noqa: E402
 
 WEIGHTS = (0.10, 0.30, 0.50)
 INTERVAL = 10.0
@@ -209,10 +209,6 @@ def cells(quick: bool) -> list[Cell]:
     return [out[i] for i in (1, 2, 5, 8, 13)] if quick else out
 
 
-def _cp_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    return 1.0 if k == n else float(beta.ppf(confidence, k + 1, n - k))
-
-
 def _cols(cell: Cell, r: Rollouts) -> str:
     n = r.sims
     fails = int((r.outcome == -1).sum())
@@ -222,7 +218,7 @@ def _cols(cell: Cell, r: Rollouts) -> str:
         head = f"{100 * fails / n:7.1f} %       "
         tail = f"  {med:4.0f} s" if fails else "     - s"
     else:
-        head = f"{100 * fails / n:6.2f} % (≤{100 * _cp_upper(fails, n):.2f})"
+        head = f"{100 * fails / n:6.2f} % (≤{100 * cp_upper(fails, n):.2f})"
         tail = ""
     return f"{head} pass {100 * passes:5.1f} % deadline {100 * deadline:5.1f} %{tail}"
 

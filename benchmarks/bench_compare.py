@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import beta, norm
+from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from roost_operator import sequential as sq
+from simstats import cp_upper
 
 ALPHA, MARGIN, INTERVAL = 0.05, 0.05, 10.0
 WEIGHTS = (0.1, 0.3, 0.5)
@@ -71,13 +72,9 @@ def simulate(
     return failed >= 0, failed
 
 
-def _cp_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    return 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
-
-
 def _cell(hit: np.ndarray, at: np.ndarray, null: bool) -> str:
     k, n = int(hit.sum()), hit.size
-    rate = f"{100 * k / n:.2f} % (≤{100 * _cp_upper(k, n):.2f})" if null else f"{100 * k / n:.1f} %"
+    rate = f"{100 * k / n:.2f} % (≤{100 * cp_upper(k, n):.2f})" if null else f"{100 * k / n:.1f} %"
     when = f", {np.median(at[hit] + 1) * INTERVAL:.0f} s" if k and not null else ""
     return rate + when
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import beta
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("operator", "serving")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # simstats, also when loaded by path
 
 from roost_operator import sequential as sq  # noqa: E402
 from roost_operator.gates import (  # noqa: E402
@@ -50,6 +50,7 @@ from roost_operator.gates import (  # noqa: E402
 )
 from roost_operator.spec import parse_spec  # noqa: E402
 from roost_serving.metrics import REQUEST_BUCKETS  # noqa: E402
+from simstats import cp_upper  # noqa: E402
 
 WEIGHTS = (0.10, 0.30, 0.50)
 INTERVAL = 10.0
@@ -537,10 +538,6 @@ def cells(quick: bool) -> list[Cell]:
     return aa + margin + ab
 
 
-def _cp_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    return 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
-
-
 def _median(values: np.ndarray) -> str:
     return f"{np.median(values):.0f}" if values.size else "-"
 
@@ -555,7 +552,7 @@ def row(cell: Cell, new: Outcome, old: Outcome) -> str:
         if cell.kind == "A/B":
             what = f"{100 * rate:5.1f} %"
         else:
-            what = f"{100 * rate:5.2f} % (≤{100 * _cp_upper(k, n):.2f})"
+            what = f"{100 * rate:5.2f} % (≤{100 * cp_upper(k, n):.2f})"
         detail = (
             f"{what:>17} pass {100 * np.mean(out.ended == 3):5.1f} % deadline "
             f"{100 * np.mean(out.ended == 2):5.1f} %"
@@ -591,7 +588,7 @@ def main() -> None:
         new, old, kept = run(cell, sims, args.alpha, seed=1000 + i)
         print(row(cell, new, old), flush=True)
         k = int((new.ended == 1).sum())
-        if cell.kind != "A/B" and _cp_upper(k, sims) > args.alpha:
+        if cell.kind != "A/B" and cp_upper(k, sims) > args.alpha:
             failures.append(cell.name)
         if cell.real:
             real = real_path(cell, kept, min(cell.real, sims), args.alpha)

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from roost_operator import sequential as sq
 from roost_operator.routing import ROUTING_ALPHA
+from simstats import cp_upper
 
 FEATURES, BINS, INTERVAL = 20, 10, 10.0
 WEIGHTS = (0.1, 0.3, 0.5)
@@ -56,10 +56,6 @@ def simulate(sims: int, rps: float, skew: float, seed: int) -> tuple[np.ndarray,
     return paused >= 0, paused
 
 
-def _cp_upper(k: int, n: int, confidence: float = 0.95) -> float:
-    return 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
-
-
 def table(sims: int) -> list[str]:
     """Markdown rows: A/A false pauses and skew power at 5 and 50 canary requests per second."""
     rows = [
@@ -78,7 +74,7 @@ def table(sims: int) -> list[str]:
         hit, at = simulate(sims, rps, skew, seed=2000 + i)
         k = int(hit.sum())
         if skew == 0:
-            shown = f"{100 * k / sims:.2f} % (≤{100 * _cp_upper(k, sims):.2f})"
+            shown = f"{100 * k / sims:.2f} % (≤{100 * cp_upper(k, sims):.2f})"
         else:
             shown = f"{100 * k / sims:.1f} %"
         when = f"{np.median(at[hit] + 1) * INTERVAL:.0f} s" if k else "-"
