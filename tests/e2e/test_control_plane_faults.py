@@ -84,6 +84,19 @@ class Operators:
             op.stop()
 
 
+@pytest.fixture(autouse=True)
+def healed(cluster: controlplane.Cluster) -> Iterator[None]:
+    """After each test, every control-plane component runs again, whatever the test did.
+
+    A fault that went wrong (etcd not coming back) then fails its own test, not the rest of
+    the session's tests on the shared cluster.
+    """
+    yield
+    restarted = faults.heal(cluster.layout)
+    if restarted:
+        print(f"  healed after the test: restarted {', '.join(restarted)}")
+
+
 @pytest.fixture
 def operators(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[Operators]:
     ops = Operators(namespace, kubeconfig, tmp_path)

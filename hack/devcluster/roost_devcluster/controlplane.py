@@ -26,7 +26,7 @@ import yaml
 
 from roost_devcluster import kwokstages, pki, procs
 from roost_devcluster.kubeapi import ApiError, KubeApi, api_path, kubeconfig_document
-from roost_devcluster.net import free_port
+from roost_devcluster.net import server_port
 from roost_devcluster.paths import REPO_ROOT, Layout, binary_dirs, find_binary
 
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -306,7 +306,7 @@ def _up(layout: Layout, ready_all: bool, log: Callable[[str], None], api_only: b
         d.mkdir(parents=True, exist_ok=True)
     pki.generate(layout.pki)
     names = ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    state = procs.ClusterState(ports={n: free_port() for n in names}, kwok_ready_all=ready_all)
+    state = procs.ClusterState(ports={n: server_port() for n in names}, kwok_ready_all=ready_all)
     server = f"https://127.0.0.1:{state.ports['apiserver']}"
     ca = layout.pki / "ca.crt"
     admin = pki.client(layout.pki, "admin")

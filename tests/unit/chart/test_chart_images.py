@@ -4,6 +4,7 @@ that are the package's console scripts."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import re
 import shutil
@@ -125,29 +126,13 @@ def test_serving_install_line_imports_the_s3_and_gcs_filesystems(tmp_path: Path)
     key = hashlib.sha256(pyproject + line.encode()).hexdigest()[:16]
     venv = Path.home() / ".cache" / "roost" / "image-envs" / f"serving-{key}"
     python = venv / "bin" / "python"
-    if not python.exists():
-        src = tmp_path / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            shutil.copy(REPO / name, src / name)
-        for package in ("serving/roost_serving", "operator/roost_operator"):
-            shutil.copytree(REPO / package, src / package)
-        building = venv.with_name(venv.name + ".tmp")
-        shutil.rmtree(building, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=120)
-        done = subprocess.run(
-            [str(building / "bin" / "pip"), "install", "-q", line],
-            cwd=src,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        for stale in venv.parent.glob("serving-*"):  # envs of older pyproject.toml versions
-            if stale != building:
-                shutil.rmtree(stale, ignore_errors=True)
-        building.rename(venv)  # only a complete install is ever reused
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # Sessions sharing the cache (two checkouts on one machine) take turns: one builds, the
+    # other waits and reuses it, and neither deletes an env the other is building or using.
+    with (venv.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not python.exists():
+            _build_image_env(venv, line, tmp_path)
     done = subprocess.run(
         [str(python), "-c", SERVING_IMPORTS], capture_output=True, text=True, timeout=120
     )
@@ -156,6 +141,40 @@ def test_serving_install_line_imports_the_s3_and_gcs_filesystems(tmp_path: Path)
     assert found["s3"].startswith("s3fs."), found
     assert found["gs"].startswith("gcsfs."), found
     assert found["gcs"] == found["gs"], found
+
+
+KEEP_IMAGE_ENVS = 3
+
+
+def _build_image_env(venv: Path, line: str, tmp_path: Path) -> None:
+    """Install Dockerfile.serving's line into a fresh venv at `venv` (renamed in when done)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("serving/roost_serving", "operator/roost_operator"):
+        shutil.copytree(REPO / package, src / package)
+    building = venv.with_name(venv.name + ".tmp")
+    shutil.rmtree(building, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=120)
+    done = subprocess.run(
+        [str(building / "bin" / "pip"), "install", "-q", line],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    building.rename(venv)  # only a complete install is ever reused
+    # Envs of older pyproject.toml versions: the newest few stay (another checkout may use one).
+    envs = sorted(
+        (e for e in venv.parent.glob("serving-*") if not e.name.endswith(".tmp")),
+        key=lambda e: e.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in envs[KEEP_IMAGE_ENVS:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
-from roost_devcluster import controlplane, faults, procs
-from roost_devcluster.paths import Layout
+from roost_devcluster import controlplane, faults, net, procs
+from roost_devcluster.paths import Layout, find_binary
 
 PORTS = {n: 10000 + i for i, n in enumerate(
     ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -71,3 +76,55 @@ def test_cli_reports_a_missing_cluster(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no dev cluster recorded" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--state-dir", str(tmp_path), "freeze", "kubelet", "--seconds", "1"])
+
+
+def _cluster_ports() -> dict[str, int]:
+    names = ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+    return {n: net.server_port() for n in names}
+
+
+def test_server_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    rng = random.Random(7)
+    ports = {net.server_port(rng) for _ in range(50)}
+    assert all(net.SERVER_PORTS_FROM <= p < net.ephemeral_start() for p in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_heal_starts_a_dead_etcd_again_on_its_port_with_its_data(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.logs.mkdir(parents=True)
+    ports = _cluster_ports()
+    argv = controlplane.component_argv(layout, ports, "etcd", find_binary("etcd"))
+    etcd = procs.spawn("etcd", argv, layout.component_log("etcd"))
+    procs.ClusterState(ports=ports, procs=[etcd]).save(layout.state_file)
+    health = f"http://127.0.0.1:{ports['etcd']}/health"
+    kv = f"http://127.0.0.1:{ports['etcd']}/v3/kv"
+    key = base64.b64encode(b"roost-heal").decode()
+    try:
+        assert faults.heal(layout) == []  # nothing to do while it runs
+        _wait(lambda: _get(health) == 200)
+        assert httpx.post(f"{kv}/put", json={"key": key, "value": key}).status_code == 200
+        procs.stop([etcd], grace=0.0)
+        assert faults.heal(layout) == ["etcd"]
+        assert _get(health) == 200
+        got = httpx.post(f"{kv}/range", json={"key": key}).json()
+        assert got["kvs"][0]["value"] == key  # the same data directory
+    finally:
+        state = procs.ClusterState.load(layout.state_file)
+        procs.stop(state.procs if state else [etcd], grace=1.0)
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2.0).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _wait(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
