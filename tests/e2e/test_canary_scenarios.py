@@ -137,6 +137,19 @@ class Rollout:
         path = api_path("v1", "events", self.namespace)
         return list(self.api.get(path, fieldSelector="involvedObject.name=wine")["items"])
 
+    def wait_events(self, *reasons: str) -> set[str]:
+        """Wait until events with every one of `reasons` exist; the reasons seen.
+
+        kopf posts events from a queue of its own, after the status patch that a verdict wait
+        reads, so an event can lag the status it belongs to by a moment.
+        """
+
+        def seen() -> set[str] | None:
+            found = {e["reason"] for e in self.events()}
+            return found if set(reasons) <= found else None
+
+        return self.wait(seen, f"events {', '.join(reasons)}")
+
     def deployments(self) -> list[str]:
         items = self.api.get(
             api_path("apps/v1", "deployments", self.namespace),
@@ -425,8 +438,7 @@ def test_kubectl_roost_promote_and_abort(rollout: Rollout, kubeconfig: Path) -> 
         assert "promote" in st["handledRequests"]
         # The request starts the full-scale phase (its replica arithmetic is unit-tested);
         # both steps show as events on the ModelDeployment.
-        reasons = {e["reason"] for e in rollout.events()}
-        assert {"PromotionRequested", "CanaryPromoted"} <= reasons, reasons
+        rollout.wait_events("PromotionRequested", "CanaryPromoted")
         rollout.wait(lambda: rollout.deployments() == [f"wine-{v2}"], "the old stable removed")
 
         rollout.apply("wine-shifted", long_pause, gates)
@@ -627,7 +639,7 @@ def test_a_canary_without_traffic_ends_by_its_progress_deadline(rollout: Rollout
     entry = st["history"][-1]
     assert entry["revision"] == canary
     assert entry["reason"].startswith("deadline verdict (onInconclusive: rollback)"), entry
-    assert "ProgressDeadlineExceeded" in {e["reason"] for e in rollout.events()}
+    rollout.wait_events("ProgressDeadlineExceeded")
 
 
 def test_inputs_routed_unevenly_pause_the_rollout(rollout: Rollout, tmp_path: Path) -> None:
@@ -655,7 +667,7 @@ def test_inputs_routed_unevenly_pause_the_rollout(rollout: Rollout, tmp_path: Pa
         c = rollout.canary()
     assert (c["revision"], c["step"]) == (canary, 0), c  # neither promoted nor rolled back
     assert "receive different inputs" in stalled["message"], stalled
-    assert "RoutingMismatch" in {e["reason"] for e in rollout.events()}
+    rollout.wait_events("RoutingMismatch")
     print(
         f"SCENARIO routing-mismatch: paused after {paused_after:.1f} s and {requests} canary "
         f"requests ({stalled['message']})"

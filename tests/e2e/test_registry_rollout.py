@@ -307,9 +307,16 @@ def test_registry_alias_drives_rollouts_and_records_verdicts(
         assert cells[7] == _sha(example_models[model] / "model.onnx")[:12], line
         if run:
             assert cells[6] == run[:12], line
-    events = kube_api.get(
-        api_path("v1", "events", namespace), fieldSelector="involvedObject.name=wine"
-    )["items"]
+
+    def audit_events() -> list[dict[str, Any]] | None:
+        # kopf posts events from its own queue, a moment after the status they belong to.
+        items: list[dict[str, Any]] = kube_api.get(
+            api_path("v1", "events", namespace), fieldSelector="involvedObject.name=wine"
+        )["items"]
+        reasons = {e["reason"] for e in items}
+        return items if {"RolloutAudited", "RegistryUpdated"} <= reasons else None
+
+    events = wait_for(audit_events, 60, "the RolloutAudited and RegistryUpdated events")
     audited = [e["message"] for e in events if e["reason"] == "RolloutAudited"]
     assert any(f"version {v2}" in m and "test-gitops" in m for m in audited), audited
     assert any(e["reason"] == "RegistryUpdated" for e in events)

@@ -116,6 +116,7 @@ def test_good_model_passes_shadow_and_is_promoted(r: Rollout) -> None:
     assert st["stable"]["revision"] == canary
     assert shadow.get("roost_shadow_requests_total/compared", 0.0) >= 50, shadow
     assert shadow.get("roost_shadow_disagreements_total/prediction", 0.0) == 0.0, shadow
+    r.wait_events("CanaryStepAdvanced")
     messages = [e["message"] for e in r.events() if e["reason"] == "CanaryStepAdvanced"]
     assert any("shadow step passed" in m for m in messages), messages
     assert set(traffic.codes) == {200}, traffic.codes

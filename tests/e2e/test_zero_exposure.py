@@ -114,8 +114,7 @@ def test_incompatible_model_is_refused_before_any_client_request(rollout: Rollou
     entry = st["history"][-1]
     assert entry["revision"] == canary
     assert entry["reason"] == "validation: input X has 12 features, stable has 13", entry
-    reasons = [e["reason"] for e in r.events()]
-    assert "ValidationFailed" in reasons
+    r.wait_events("ValidationFailed")
     # Clients: every request answered 200, none by the canary.
     assert traffic.sent > 0
     assert set(traffic.codes) == {200}, traffic.codes
@@ -146,7 +145,7 @@ def test_good_model_passes_validation_and_is_promoted(rollout: Rollout) -> None:
     assert passed["result"] == "passed", passed
     assert passed["message"].startswith("signature compatible; profile sample: 64 rows"), passed
     assert st["stable"]["revision"] == canary
-    assert "ValidationPassed" in [e["reason"] for e in r.events()]
+    r.wait_events("ValidationPassed")
     assert set(traffic.codes) == {200}, traffic.codes
     # The canary pod validated answered the 64 sample rows (8 requests), labelled apart from
     # clients (the pod added while it grew to full scale came after validation).
