@@ -51,7 +51,7 @@ e2e: venv system-deps k8s-binaries
 
 # The whole suite in one pytest run, so the summary line covers unit and e2e tests together.
 test: venv system-deps k8s-binaries lint typecheck contracts
-	$(BIN)/pytest tests
+	$(BIN)/pytest --durations=40 tests
 
 cluster-up: venv system-deps k8s-binaries
 	$(BIN)/python -m roost_devcluster up
