@@ -374,10 +374,7 @@ class DataPlane:
         if source == "client" and self.shadow.target is not None:
             request = done.request
             binary = header_length is not None or request.binary_default
-            binary = binary or bool(request.binary_outputs)
-            self.shadow.offer(
-                body, binary, done.request_id, request.inputs, done.outputs, request.outputs
-            )
+            self.tee(done, body, binary or bool(request.binary_outputs))
         if offload:
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(
@@ -386,6 +383,17 @@ class DataPlane:
         else:
             encoded = self._encode(name, done.request, done.outputs)
         return encoded[0], encoded[1], done.request_id
+
+    def tee(self, done: Inference, body: bytes, reencode: bool) -> None:
+        """Offer a client request, answered, to the shadow tee (REST and gRPC alike).
+
+        With ``reencode`` the copy is built from the decoded inputs (binary REST bodies, gRPC
+        messages), else the client's JSON body is sent as it came.
+        """
+        request = done.request
+        self.shadow.offer(
+            body, reencode, done.request_id, request.inputs, done.outputs, request.outputs
+        )
 
     def _encode(
         self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from roost_serving.config import Settings
 from roost_serving.shadow import compared_output, disagreements, parse_section
 
@@ -194,6 +195,40 @@ def test_binary_requests_are_copied_as_json_and_compared(
     assert r.status_code == 200
     _wait(lambda: _value(stable, "roost_shadow_requests_total", outcome="compared") == 1)
     assert _value(stable, "roost_shadow_rows_total") == 1
+
+
+def test_grpc_requests_are_copied_and_compared(
+    start_server: type[RunningServer],
+    wine: Any,
+    example_models: dict[str, Path],
+) -> None:
+    """A stable pod's gRPC clients are shadowed like its REST clients (copies sent as REST)."""
+    path = example_models["wine-v1"] / "model.onnx"
+    stable = start_server(Settings(model=str(path), name="wine", revision="s", grpc_port=0))
+    canary = wine("wine-constant", "c")
+    _shadow(stable, [canary.url])
+    rows = _rows(example_models)[:30]
+    client = triton.InferenceServerClient(f"127.0.0.1:{stable.plane.grpc_port}")
+    try:
+        for i, row in enumerate(rows):
+            tensor = triton.InferInput("X", [1, 13], "FP32")
+            tensor.set_data_from_numpy(np.asarray([row], dtype=np.float32))
+            client.infer("wine", [tensor], request_id=f"grpc-{i}")
+    finally:
+        client.close()
+    _wait(lambda: _value(stable, "roost_shadow_requests_total", outcome="compared") == 30)
+    assert _value(stable, "roost_shadow_rows_total") == 30
+    x = np.asarray(rows, dtype=np.float32)
+    plane_v1, plane_c = stable.plane.model, canary.plane.model
+    assert plane_v1 is not None
+    assert plane_c is not None
+    expected = int((plane_v1.run({"X": x})["label"] != plane_c.run({"X": x})["label"]).sum())
+    assert _value(stable, "roost_shadow_disagreements_total", kind="prediction") == expected
+    # The canary answered the copies over REST as shadow traffic, never a client.
+    labels = {"model": "wine", "revision": "c", "protocol": "rest", "source": "shadow"}
+    assert (canary.metric("roost_requests_total", code="200", **labels) or 0) > 0
+    grpc_labels = {"model": "wine", "revision": "s", "protocol": "grpc", "source": "client"}
+    assert stable.metric("roost_requests_total", code="200", **grpc_labels) == 30
 
 
 def test_copies_alike_share_one_request_and_pair_back_in_order(
