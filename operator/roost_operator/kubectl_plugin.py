@@ -87,6 +87,8 @@ def render_status(md: Mapping[str, Any]) -> str:
     if canary.get("revision"):
         step = canary.get("step")
         step_text = "-" if step is None else f"{int(step) + 1}/{len(steps)}"
+        if step is not None and int(step) >= len(steps):
+            step_text = "full scale"  # replacing the stable (no steps, or none of it ready)
         if canary.get("promotion"):
             step_text = "promoting at full scale"
         elif held:

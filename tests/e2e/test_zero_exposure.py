@@ -6,7 +6,8 @@ Real control plane, serving pods, operator and bounded traffic sent the way the 
 canary only after `spec.rollout.validation` passed.
 
 - wine-bad-signature (12 features where the stable takes 13) is refused by validation before
-  any client request reaches it: zero client errors, zero client requests on the canary —
+  any client request reaches it, in a canary rollout and as a full-scale replacement (no
+  steps): zero client errors, zero client requests on the canary —
   counted by the clients and by the canary pods' own /metrics, which only ever show
   ``source="validation"`` requests;
 - wine-v2 passes validation on the profile's sample rows (answered by both revisions, the
@@ -40,9 +41,9 @@ STEPS: list[Obj] = [{"weight": 50, "pause": "4s"}]
 VALIDATION: Obj = {"minAgreement": 0.8, "maxLatency": "2s"}
 
 
-def _apply(r: Rollout, model: str) -> None:
+def _apply(r: Rollout, model: str, steps: list[Obj] = STEPS) -> None:
     body = mds.manifest(
-        r.namespace, r.models[model], "wine", 2, STEPS, {"interval": "2s", "gates": GATES}
+        r.namespace, r.models[model], "wine", 2, steps, {"interval": "2s", "gates": GATES}
     )
     body["spec"]["rollout"]["validation"] = VALIDATION
     r.started = time.monotonic()
@@ -101,16 +102,20 @@ class CanaryScrapes:
             self._thread.join(10)
 
 
-def test_incompatible_model_is_refused_before_any_client_request(rollout: Rollout) -> None:
+@pytest.mark.parametrize("steps", [STEPS, []], ids=["canary", "full-scale"])
+def test_incompatible_model_is_refused_before_any_client_request(
+    rollout: Rollout, steps: list[Obj]
+) -> None:
+    """With steps, and without (the new revision replaces the stable at full scale)."""
     r = rollout
-    _apply(r, "wine-v1")
+    _apply(r, "wine-v1", steps)
     stable = r.wait(lambda: (r.status().get("stable") or {}).get("revision"), "stable")
     r.wait(lambda: r.ready_pods(stable, 2), f"2 Ready pods of {stable}")
     with r.traffic(120) as traffic:
-        _apply(r, "wine-bad-signature")
+        _apply(r, "wine-bad-signature", steps)
         canary = r.new_canary(stable)
         with CanaryScrapes(r, canary).running() as scrapes:
-            st = r.verdict("RolledBack", "validation-signature")
+            st = r.verdict("RolledBack", f"validation-signature ({len(steps)} steps)")
     entry = st["history"][-1]
     assert entry["revision"] == canary
     assert entry["reason"] == "validation: input X has 12 features, stable has 13", entry

@@ -25,6 +25,7 @@ from roost_operator.rollout.observations import (
     fresh_requests,
     replica_split,
     validation_pending,
+    validation_skipped,
 )
 from roost_operator.rollout.state import (
     HISTORY_LIMIT,
@@ -241,6 +242,9 @@ def _start(t: _Tick, state: RolloutState) -> RolloutState:
         analysis_count=0,
         last_analysis=None,
     )
+    if policy.validation is not None and obs.stable_ready_replicas <= 0:
+        skipped = validation_skipped("the stable revision had no ready pod to compare with", t.now)
+        c = replace(c, validation=skipped)
     what = f"{desired.revision} ({desired.model_uri})"
     if not policy.steps:
         message = f"Replacing {stable.revision} with {what}: no rollout steps, promoted once ready"

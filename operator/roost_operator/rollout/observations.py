@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from roost_operator.api import REQUEST_KINDS, REQUEST_PREFIX
 from roost_operator.rollout.state import PROMOTED_BY_USER, CanaryState, RevisionRef, RolloutState
 from roost_operator.spec import RolloutPolicy
-from roost_operator.times import parse_time
+from roost_operator.times import parse_time, rfc3339_seconds
 
 if TYPE_CHECKING:
     from roost_operator.gates import AnalysisResult
@@ -162,15 +162,16 @@ def needs_analysis(policy: RolloutPolicy, state: RolloutState, obs: Observations
 def validation_pending(policy: RolloutPolicy, canary: CanaryState) -> bool:
     """Whether the canary still has to pass `spec.rollout.validation` before any traffic.
 
-    A canary replacing the stable revision at full scale (no steps, or no ready stable pod to
-    compare with) is not validated: there is nothing to compare it against.
+    A canary that replaces the stable revision at full scale (no steps) is validated too: the
+    stable keeps every replica and all the traffic meanwhile. One started while the stable had
+    no ready pod is not (``validation_skipped`` records why at its start): nothing to compare.
     """
-    return (
-        policy.validation is not None
-        and canary.validation is None
-        and not policy.full_scale(canary.step)
-        and canary.promotion is None
-    )
+    return policy.validation is not None and canary.validation is None and canary.promotion is None
+
+
+def validation_skipped(reason: str, now: datetime) -> dict[str, str]:
+    """The ``status.canary.validation`` record of a canary validation could not check."""
+    return {"result": "skipped", "message": reason, "time": rfc3339_seconds(now)}
 
 
 def traffic_allowed(policy: RolloutPolicy, canary: CanaryState) -> bool:

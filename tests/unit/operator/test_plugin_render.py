@@ -318,6 +318,19 @@ def test_status_shows_validation_pending_passed_and_refused() -> None:
     ) in out
 
 
+def test_status_of_a_full_scale_replacement_being_validated() -> None:
+    spec = {**MID_ROLLOUT["spec"], "rollout": {"steps": [], "validation": {}}}
+    canary = {**MID_ROLLOUT["status"]["canary"], "step": 0}
+    canary.pop("lastAnalysis", None)
+    md = {**MID_ROLLOUT, "spec": spec, "status": {**MID_ROLLOUT["status"], "canary": canary}}
+    out = render_status(md)
+    assert "full scale validating (no traffic)" in out
+    assert "Validation: pending" in out
+    skipped = {"result": "skipped", "message": "the stable revision had no ready pod", "time": "t"}
+    md["status"]["canary"] = {**canary, "validation": skipped}
+    assert "Validation t: skipped: the stable revision had no ready pod" in render_status(md)
+
+
 def _shadow_md(canary: dict[str, Any] | None, **status: Any) -> dict[str, Any]:
     md: dict[str, Any] = {
         "metadata": {"name": "wine", "namespace": "ml"},

@@ -85,6 +85,37 @@ class TestMachine:
         assert traffic_allowed(POLICY, r.canary)
         assert r.tick(1, canary_ready=1).weight == 20
 
+    def test_a_full_scale_replacement_is_validated_while_the_stable_serves(self) -> None:
+        """No steps: the new revision runs at full scale beside the stable, gate closed, until
+        validated; a pass promotes it at once, a failure rolls it back before any traffic."""
+        policy = replace(VALIDATED, steps=())
+        r = Rollout(policy)
+        r.tick(0)
+        d = r.tick(1, canary_ready=4)
+        assert (d.stable_replicas, d.canary_replicas, d.weight) == (4, 4, 0)
+        assert not traffic_allowed(policy, r.canary)
+        assert needs_validation(policy, r.state, r.obs(2, canary_ready=4))
+        assert not needs_validation(policy, r.state, r.obs(2, canary_ready=3))
+        passed = Rollout(policy, r.state).tick(3, canary_ready=4, validation=PASSED)
+        assert reasons(passed) == ["ValidationPassed", "CanaryPromoted"]
+        assert passed.state.stable is not None
+        assert passed.state.stable.revision == R2.revision
+        failed = Rollout(policy, r.state).tick(3, canary_ready=4, validation=FAILED)
+        assert reasons(failed) == ["ValidationFailed", "CanaryRolledBack"]
+        assert failed.state.failed_revision == R2.revision
+        assert (failed.stable_replicas, failed.canary_replicas, failed.weight) == (4, 0, 0)
+
+    def test_without_a_ready_stable_pod_validation_is_recorded_as_skipped(self) -> None:
+        r = Rollout(VALIDATED)
+        r.tick(0, stable_ready=0)
+        assert r.canary.validation is not None
+        assert r.canary.validation["result"] == "skipped"
+        assert "no ready pod to compare with" in r.canary.validation["message"]
+        assert traffic_allowed(VALIDATED, r.canary)
+        assert not needs_validation(VALIDATED, r.state, r.obs(1, stable_ready=0, canary_ready=4))
+        d = r.tick(1, stable_ready=0, canary_ready=4)
+        assert "CanaryPromoted" in reasons(d)
+
 
 class TestPods:
     def test_ready_counts_containers_and_gated_lists_closed_gates(self) -> None:
