@@ -564,16 +564,20 @@ def _canary_requests(traffic: Traffic, revision: str) -> int:
     return sum(n for (rev, _), n in traffic.by_revision.items() if rev == revision)
 
 
+AA_ROLLOUTS = 3
+
+
 def test_identical_regressor_promoted_by_passing_at_low_traffic(
     rollout: Rollout, tmp_path: Path
 ) -> None:
-    # A/A five times: a 20-bin regressor canaried against a copy of itself at about 10 canary
-    # requests per second. Each must be promoted by passing its gates, not by the deadline.
+    # A/A three times (the issue's 3 of 3 false rollbacks): a 20-bin regressor canaried against
+    # a copy of itself at about 10 canary requests per second. Each must be promoted by passing
+    # its gates, not by the deadline; the false-rollback rate itself is bench_gates' to measure.
     gates = {"errorRate": {"margin": 0.02}, "divergence": {"margin": 0.1}}
     steps = [{"weight": 50, "pause": "10s"}]
     extra = {"analysis": SEQUENTIAL}
     names = ["wine-regressor"]
-    for i in range(5):
+    for i in range(AA_ROLLOUTS):
         _copy_model(rollout, tmp_path, "wine-regressor", f"wine-regressor-{i}")
         names.append(f"wine-regressor-{i}")
     rollout.apply(names[0], steps, gates, **extra)
@@ -592,7 +596,8 @@ def test_identical_regressor_promoted_by_passing_at_low_traffic(
             stable = canary
             rollout.wait(lambda s=stable: rollout.ready_pods(s, 2), "the promoted revision, 2 pods")
     print(
-        f"SCENARIO a/a-regressor: 5/5 promoted by passing, {', '.join(f'{t:.0f}' for t in times)} s"
+        f"SCENARIO a/a-regressor: {AA_ROLLOUTS}/{AA_ROLLOUTS} promoted by passing, "
+        f"{', '.join(f'{t:.0f}' for t in times)} s"
     )
 
 
