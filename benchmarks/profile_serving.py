@@ -4,12 +4,15 @@ Drives roost's app (metrics and drift on, the bench-rf20 model and profile) and 
 floor of bench_serving.py with the same requests through their ASGI interfaces, one at a time
 (concurrency 1), and prints CPU microseconds per request for each case: single-row JSON,
 64-row JSON and 64-row binary. With ``--profile`` it runs roost's cases under pyinstrument and
-prints each call tree, which is where the breakdown in docs/performance.md comes from.
+prints each call tree; with ``--breakdown`` it times the parts of roost's path (decode, checks,
+onnxruntime, drift, metrics, request id, prediction table, encode) with a clock around each,
+exclusive of the parts inside it, which is where the breakdown in docs/performance.md comes
+from (a sampling profiler at 0.1 ms inflates the Python frames several times over).
 Without sockets the figures leave out the HTTP server and the kernel (the same for both
 servers), so they isolate the work roost adds on top of the floor and are steady on a busy
 machine, unlike the load runs of bench_serving.py.
 
-    python benchmarks/profile_serving.py [--requests 3000] [--profile]
+    python benchmarks/profile_serving.py [--requests 3000] [--profile] [--breakdown]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import ModuleType
@@ -106,7 +110,66 @@ def bare_app(model: Path) -> App:
     return app
 
 
-async def main_async(n: int, profile: bool) -> None:
+class Parts:
+    """Seconds spent in named parts, each exclusive of the timed parts it calls."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+        self._inner: list[float] = []
+
+    def wrap(self, fn: Callable[..., Any], part: str) -> Callable[..., Any]:
+        """``fn`` (synchronous) with its time added to ``part``."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._inner.append(0.0)
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                self.seconds[part] += spent - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += spent
+
+        return timed
+
+
+async def breakdown(app: Any, path: str, n: int) -> None:
+    """Time each part of roost's path per case and print its share of the request."""
+    import roost_serving.app as app_module
+    import roost_serving.protocol as protocol
+
+    plane = app.state.plane
+    parts = Parts()
+    app_module.decode_request = parts.wrap(protocol.decode_request, "decode")
+    app_module.check_inputs = parts.wrap(protocol.check_inputs, "decode")
+    app_module.encode_response = parts.wrap(protocol.encode_response, "encode")
+    app_module.resolve = parts.wrap(app_module.resolve, "request id")
+    session = plane.model.session
+    session.run = parts.wrap(session.run, "onnxruntime run")
+    plane.monitor.observe = parts.wrap(plane.monitor.observe, "drift")
+    plane.batcher._on_batch = parts.wrap(plane.batcher._on_batch, "metrics")  # batch size
+    plane.batcher._on_dequeue = parts.wrap(plane.batcher._on_dequeue, "metrics")
+    metrics = plane.metrics
+    metrics.count_request = parts.wrap(metrics.count_request, "metrics")
+    metrics.observe_duration = parts.wrap(metrics.observe_duration, "metrics")
+    plane.observers = [parts.wrap(o, "observers (prediction table)") for o in plane.observers]
+    for case, (body, length) in bodies().items():
+        for _ in range(200):
+            await call(app, path, body, length)
+        parts.seconds.clear()
+        started = time.perf_counter()
+        for _ in range(n):
+            await call(app, path, body, length)
+        total = time.perf_counter() - started
+        rest = total - sum(parts.seconds.values())
+        print(f"\n=== roost, {case}: {total / n * 1e6:.1f} us per request (clocks included)")
+        shares = [*parts.seconds.most_common(), ("fast path, data plane, batcher, loop", rest)]
+        for part, seconds in shares:
+            print(f"  {part:<38} {seconds / n * 1e6:7.1f} us {seconds / total:6.1%}")
+
+
+async def main_async(n: int, profile: bool, parts: bool = False) -> None:
     """Load both apps, run every case, print the table (and the profiles)."""
     from prometheus_client import CollectorRegistry
     from roost_serving.app import create_app
@@ -145,6 +208,8 @@ async def main_async(n: int, profile: bool) -> None:
                 profiler.stop()
                 print(f"\n=== roost, {case}, {n} requests")
                 print(profiler.output_text(unicode=False, color=False, show_all=False))
+        if parts:  # last: it replaces functions of the app with timed ones
+            await breakdown(app, path, n)
 
 
 def main() -> None:
@@ -152,8 +217,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per case")
     parser.add_argument("--profile", action="store_true", help="print pyinstrument call trees")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time each part of roost's path (after the table)"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.requests, args.profile))
+    asyncio.run(main_async(args.requests, args.profile, args.breakdown))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class DataPlane:
         self.limits = settings.limits()
         self.inflight = 0
         """Inference requests inside the server now (admission control: ``--max-queue``)."""
+        self.metrics.track_inflight(lambda: self.inflight)
         self.observers: list[Callable[[Inference], None]] = [self.truth.remember]
         """Called on the event loop after each successful model run, before the response is
         encoded (shadow tee, inference log, ...); they must not block: queue and return."""

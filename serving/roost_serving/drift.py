@@ -210,32 +210,36 @@ class BinnedWindow:
         view.flags.writeable = False
         return view
 
-    def push(self, slots: IntArray) -> None:
-        """Add rows given as an ``(n, n_columns)`` array of global slot indices."""
+    def push(self, slots: IntArray) -> IntArray:
+        """Add rows given as an ``(n, n_columns)`` array of global slot indices; returns the
+        pushed rows' count per slot (``n_slots + 1`` long, the void slot last), which callers
+        keeping cumulative totals reuse instead of counting the same rows again."""
         if slots.ndim != 2 or slots.shape[1] != self.n_columns:
             raise ValueError(f"expected shape (n, {self.n_columns}), got {slots.shape}")
         n = slots.shape[0]
+        minlength = self.n_slots + 1
+        added: IntArray = np.bincount(slots.ravel(), minlength=minlength)
         if n == 0:
-            return
+            return added
         if n >= self.size:
             # The batch alone fills the window: start over with its last `size` rows.
             self._ring[:] = slots[n - self.size :]
-            self._counts = np.bincount(self._ring.ravel(), minlength=self.n_slots + 1)
+            self._counts = np.bincount(self._ring.ravel(), minlength=minlength)
             self._head = 0
             self._rows = self.size
-            return
+            return added
         end = self._head + n
         # Slices (views) when the batch does not wrap around the ring: the common case, and
         # cheaper than fancy indexing for the one-row batches of an idle server.
         pos: slice | IntArray = (
             slice(self._head, end) if end <= self.size else np.arange(self._head, end) % self.size
         )
-        minlength = self.n_slots + 1
         self._counts -= np.bincount(self._ring[pos].ravel(), minlength=minlength)
-        self._counts += np.bincount(slots.ravel(), minlength=minlength)
+        self._counts += added
         self._ring[pos] = slots
         self._head = (self._head + n) % self.size
         self._rows = min(self.size, self._rows + n)
+        return added
 
     def clear(self) -> None:
         """Forget every row."""

@@ -121,7 +121,6 @@ class InferenceFastPath:
             plane.admit()
             admitted = True
             plane.inflight += 1
-            metrics.inflight.inc()
             header_length = (
                 parse_header_length(headers.length) if headers.length is not None else None
             )
@@ -151,7 +150,6 @@ class InferenceFastPath:
         finally:
             if admitted:
                 plane.inflight -= 1
-                metrics.inflight.dec()
         request_id = request_id or new_id()
         if log.isEnabledFor(logging.DEBUG):  # one line per request: off unless asked for
             log.debug("inference %s (%s) answered %d", request_id, source, status)

@@ -125,7 +125,6 @@ class InferenceService:
             plane.admit()
             admitted = True
             plane.inflight += 1
-            metrics.inflight.inc()
             seconds = plane.limits.request_timeout_s
             remaining = context.time_remaining()
             if remaining is not None:
@@ -166,7 +165,6 @@ class InferenceService:
         finally:
             if admitted:
                 plane.inflight -= 1
-                metrics.inflight.dec()
             metrics.count_request(status, "grpc", source)
             metrics.observe_duration(time.perf_counter() - started, "grpc", source)
         trailing = ((HEADER, request_id or new_id()),)

@@ -109,7 +109,9 @@ def test_binned_window_keeps_counts_of_the_last_rows_only() -> None:
     for _ in range(200):
         n = int(rng.integers(0, 9)) if rng.random() < 0.95 else 70
         batch = rng.integers(0, n_slots, size=(n, 3))
-        window.push(batch)
+        added = window.push(batch)
+        # What was pushed, per slot (the void slot last): the monitor's cumulative totals.
+        assert added.tolist() == np.bincount(batch.ravel(), minlength=n_slots + 1).tolist()
         history.extend(batch.tolist())
         last = np.asarray(history[-50:], dtype=np.int64).reshape(-1, 3)
         assert window.rows == min(50, len(history))
