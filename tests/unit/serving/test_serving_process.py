@@ -256,3 +256,19 @@ def test_sigterm_turns_grpc_readiness_false_serves_the_drain_and_exits_0(
     client.close()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
+
+
+def test_serve_collects_cyclic_garbage_less_often() -> None:
+    """`roost serve` raises the GC thresholds (full collections over the prediction table
+    were the p99 stalls at concurrency 32); the values are cli.GC_THRESHOLDS."""
+    import gc
+
+    from roost_serving import cli
+
+    before = gc.get_threshold()
+    try:
+        cli.tune_gc()
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert cli.GC_THRESHOLDS[0] > 700 * 10  # well above Python's default young threshold
+    finally:
+        gc.set_threshold(*before)
