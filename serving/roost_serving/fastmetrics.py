@@ -17,7 +17,8 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import metrics as _client
@@ -77,7 +78,10 @@ class HistogramChild:
             return list(self.counts), self.sum
 
 
-class _Family(Collector):
+C = TypeVar("C", CounterChild, HistogramChild)
+
+
+class _Family(Collector, Generic[C]):
     """Shared parts: name, help, label names, children by label values, registration."""
 
     kind = ""
@@ -85,10 +89,12 @@ class _Family(Collector):
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
+        """Register the family on ``registry``."""
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._lock = threading.Lock()
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
     def describe(self) -> Iterable[Metric]:
@@ -100,43 +106,43 @@ class _Family(Collector):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
         return dict(zip(self.labelnames, values, strict=True))
 
-
-class FastCounter(_Family):
-    """A labelled counter family (``name`` without ``_total``, as prometheus_client takes it)."""
-
-    kind = "counter"
-
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
-    ) -> None:
-        """Register the family on ``registry``."""
-        super().__init__(name, documentation, labelnames, registry)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-
-    def labels(self, *values: str) -> CounterChild:
-        """The child for these label values (created, and then exposed, on first use)."""
+    def _child(self, values: Sequence[str], new: Callable[[], C]) -> C:
+        """The child for these label values, made by ``new`` (and then exposed) on first use."""
         key = tuple(str(v) for v in values)
         child = self._children.get(key)
         if child is None:
             self._labels(key)
             with self._lock:
-                child = self._children.setdefault(key, CounterChild())
+                child = self._children.setdefault(key, new())
         return child
+
+    def _snapshot(self) -> list[tuple[dict[str, str], C]]:
+        """(labels, child) of every child, in creation order."""
+        with self._lock:
+            children = list(self._children.items())
+        return [(self._labels(key), child) for key, child in children]
+
+
+class FastCounter(_Family[CounterChild]):
+    """A labelled counter family (``name`` without ``_total``, as prometheus_client takes it)."""
+
+    kind = "counter"
+
+    def labels(self, *values: str) -> CounterChild:
+        """The child for these label values (created, and then exposed, on first use)."""
+        return self._child(values, CounterChild)
 
     def collect(self) -> Iterable[Metric]:
         """``<name>_total`` and ``<name>_created`` per child, in creation order."""
         metric = Metric(self.name, self.documentation, self.kind)
-        with self._lock:
-            children = list(self._children.items())
-        for key, child in children:
-            labels = self._labels(key)
+        for labels, child in self._snapshot():
             metric.add_sample(self.name + "_total", labels, child.value)
             if _created():
                 metric.add_sample(self.name + "_created", labels, child.created)
         return [metric]
 
 
-class FastHistogram(_Family):
+class FastHistogram(_Family[HistogramChild]):
     """A labelled histogram family with fixed bucket upper bounds (``+Inf`` is added)."""
 
     kind = "histogram"
@@ -159,25 +165,15 @@ class FastHistogram(_Family):
         # The same text for each bound as prometheus_client writes (e.g. "1.0", "+Inf").
         self._le = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
         super().__init__(name, documentation, labelnames, registry)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
 
     def labels(self, *values: str) -> HistogramChild:
         """The child for these label values (created, and then exposed, on first use)."""
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            self._labels(key)
-            with self._lock:
-                child = self._children.setdefault(key, HistogramChild(self._bounds))
-        return child
+        return self._child(values, lambda: HistogramChild(self._bounds))
 
     def collect(self) -> Iterable[Metric]:
         """Cumulative ``_bucket`` samples, ``_count``, ``_sum`` and ``_created`` per child."""
         metric = Metric(self.name, self.documentation, self.kind)
-        with self._lock:
-            children = list(self._children.items())
-        for key, child in children:
-            labels = self._labels(key)
+        for labels, child in self._snapshot():
             counts, total = child.snapshot()
             acc = 0.0
             for le, count in zip(self._le, counts, strict=True):
