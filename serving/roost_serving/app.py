@@ -372,10 +372,7 @@ class DataPlane:
         done = await self.run(
             name, version, decode, (body, header_length), offload, header_id, source
         )
-        if source == "client" and self.shadow.target is not None:
-            request = done.request
-            binary = header_length is not None or request.binary_default
-            self.tee(done, body, binary or bool(request.binary_outputs))
+        self.tee(done, body, header_length)
         if offload:
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(
@@ -385,15 +382,23 @@ class DataPlane:
             encoded = self._encode(name, done.request, done.outputs)
         return encoded[0], encoded[1], done.request_id
 
-    def tee(self, done: Inference, body: bytes, reencode: bool) -> None:
-        """Offer a client request, answered, to the shadow tee (REST and gRPC alike).
+    def tee(self, done: Inference, body: bytes | None, header_length: int | None = None) -> None:
+        """Offer an answered client request to the shadow tee (REST and gRPC alike).
 
-        With ``reencode`` the copy is built from the decoded inputs (binary REST bodies, gRPC
-        messages), else the client's JSON body is sent as it came.
+        A JSON REST body is copied as it came; a binary REST body (``header_length``) or a
+        gRPC message (``body`` None) is rebuilt from the decoded inputs.
         """
+        if done.source != "client" or self.shadow.target is None:
+            return  # roost's own requests (validation, copies) are never copied
         request = done.request
+        reencode = body is None or header_length is not None or request.binary_default
         self.shadow.offer(
-            body, reencode, done.request_id, request.inputs, done.outputs, request.outputs
+            body or b"",
+            reencode or bool(request.binary_outputs),
+            done.request_id,
+            request.inputs,
+            done.outputs,
+            request.outputs,
         )
 
     def _encode(

@@ -145,8 +145,7 @@ class InferenceService:
             except TimeoutError:
                 raise deadline_exceeded(seconds) from None
             request_id = done.request_id
-            if source == "client" and plane.shadow.target is not None:
-                plane.tee(done, b"", True)  # a shadow step copies gRPC requests too
+            plane.tee(done, None)  # a shadow step copies gRPC requests too
             response = encode_infer_response(
                 name, plane.version, done.request, done.outputs, plane.limits
             )
