@@ -35,7 +35,6 @@ from roost_devcluster.paths import Layout, find_binary
 
 COMPONENTS = controlplane.CONTROL_PLANE
 HEALTH_TIMEOUT = 90.0
-SPAWN_ATTEMPTS = 3
 
 
 class FaultError(RuntimeError):
@@ -86,33 +85,8 @@ def stop(layout: Layout, name: str, *, kill: bool = False) -> None:
 
 
 def start(layout: Layout, name: str, timeout: float = HEALTH_TIMEOUT) -> float:
-    """Start a stopped component again with its original command line; seconds to healthy.
-
-    A component that exits at once is spawned again, up to SPAWN_ATTEMPTS times in all, with
-    the earlier attempts' log lines kept in its log (each spawn appends): a port or lock the
-    old process held can take a moment to free on a busy machine.
-    """
+    """Start a stopped component again with its original command line; seconds to healthy."""
     started = time.monotonic()
-    deadline = started + timeout
-    for attempt in range(1, SPAWN_ATTEMPTS + 1):
-        state, new = _spawn_again(layout, name)
-        while time.monotonic() < deadline:
-            if not new.alive():
-                break
-            if _answers(layout, state, name):
-                return time.monotonic() - started
-            time.sleep(0.2)
-        else:
-            raise FaultError(f"{name} not healthy {timeout:.0f} s after its restart")
-        if attempt == SPAWN_ATTEMPTS or time.monotonic() + 1.0 >= deadline:
-            break
-        time.sleep(1.0)
-    tails = controlplane.log_tails(layout)
-    raise FaultError(f"{name} exited after its restart ({attempt} attempts):\n{tails}")
-
-
-def _spawn_again(layout: Layout, name: str) -> tuple[procs.ClusterState, procs.Proc]:
-    """Spawn `name` with its recorded command line and record the new process."""
     with controlplane.locked(layout):
         state = _state(layout)
         old = _proc(state, name)
@@ -122,7 +96,14 @@ def _spawn_again(layout: Layout, name: str) -> tuple[procs.ClusterState, procs.P
         new = procs.spawn(name, argv, layout.component_log(name))
         state.procs = [new if p is old else p for p in state.procs]
         state.save(layout.state_file)
-    return state, new
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if not new.alive():
+            raise FaultError(f"{name} exited after its restart:\n{controlplane.log_tails(layout)}")
+        if _answers(layout, state, name):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise FaultError(f"{name} not healthy {timeout:.0f} s after its restart")
 
 
 def heal(layout: Layout, timeout: float = HEALTH_TIMEOUT) -> list[str]:
