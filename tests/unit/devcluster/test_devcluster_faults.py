@@ -6,13 +6,13 @@ import base64
 import random
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from roost_devcluster import controlplane, faults, net, procs
 from roost_devcluster.paths import Layout, find_binary
+from roost_devcluster.waiting import wait_for
 
 PORTS = {n: 10000 + i for i, n in enumerate(
     ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -78,11 +78,6 @@ def test_cli_reports_a_missing_cluster(tmp_path: Path, capsys: pytest.CaptureFix
         cli.main(["--state-dir", str(tmp_path), "freeze", "kubelet", "--seconds", "1"])
 
 
-def _cluster_ports() -> dict[str, int]:
-    names = ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    return {n: net.server_port() for n in names}
-
-
 def test_server_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
     rng = random.Random(7)
     ports = {net.server_port(rng) for _ in range(50)}
@@ -95,7 +90,7 @@ def test_server_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
 def test_heal_starts_a_dead_etcd_again_on_its_port_with_its_data(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     layout.logs.mkdir(parents=True)
-    ports = _cluster_ports()
+    ports = {name: net.server_port() for name in PORTS}
     argv = controlplane.component_argv(layout, ports, "etcd", find_binary("etcd"))
     etcd = procs.spawn("etcd", argv, layout.component_log("etcd"))
     procs.ClusterState(ports=ports, procs=[etcd]).save(layout.state_file)
@@ -104,7 +99,7 @@ def test_heal_starts_a_dead_etcd_again_on_its_port_with_its_data(tmp_path: Path)
     key = base64.b64encode(b"roost-heal").decode()
     try:
         assert faults.heal(layout) == []  # nothing to do while it runs
-        _wait(lambda: _get(health) == 200)
+        wait_for(lambda: _get(health) == 200, 30, "etcd healthy")
         assert httpx.post(f"{kv}/put", json={"key": key, "value": key}).status_code == 200
         procs.stop([etcd], grace=0.0)
         assert faults.heal(layout) == ["etcd"]
@@ -121,10 +116,3 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=2.0).status_code
     except httpx.HTTPError:
         return 0
-
-
-def _wait(check: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
