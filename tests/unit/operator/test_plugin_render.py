@@ -274,11 +274,18 @@ def test_plot_ticks_tell_apart_a_two_minute_span() -> None:
     assert len(set(labels)) == len(labels), labels
 
 
-def test_status_shows_validation_pending_passed_and_refused() -> None:
-    spec = {**MID_ROLLOUT["spec"], "rollout": {**MID_ROLLOUT["spec"]["rollout"], "validation": {}}}
+def _awaiting_validation(rollout: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MID_ROLLOUT with `rollout` as spec.rollout and its canary at step 0, not analysed yet;
+    the object and its canary."""
+    spec = {**MID_ROLLOUT["spec"], "rollout": rollout}
     canary = {**MID_ROLLOUT["status"]["canary"], "step": 0}
     canary.pop("lastAnalysis", None)
-    pending = {**MID_ROLLOUT, "spec": spec, "status": {**MID_ROLLOUT["status"], "canary": canary}}
+    md = {**MID_ROLLOUT, "spec": spec, "status": {**MID_ROLLOUT["status"], "canary": canary}}
+    return md, canary
+
+
+def test_status_shows_validation_pending_passed_and_refused() -> None:
+    pending, canary = _awaiting_validation({**MID_ROLLOUT["spec"]["rollout"], "validation": {}})
     out = render_status(pending)
     assert "Validation: pending; the canary takes no traffic until it passes" in out
     assert "validating (no traffic)" in out
@@ -319,10 +326,7 @@ def test_status_shows_validation_pending_passed_and_refused() -> None:
 
 
 def test_status_of_a_full_scale_replacement_being_validated() -> None:
-    spec = {**MID_ROLLOUT["spec"], "rollout": {"steps": [], "validation": {}}}
-    canary = {**MID_ROLLOUT["status"]["canary"], "step": 0}
-    canary.pop("lastAnalysis", None)
-    md = {**MID_ROLLOUT, "spec": spec, "status": {**MID_ROLLOUT["status"], "canary": canary}}
+    md, canary = _awaiting_validation({"steps": [], "validation": {}})
     out = render_status(md)
     assert "full scale validating (no traffic)" in out
     assert "Validation: pending" in out
