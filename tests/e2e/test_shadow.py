@@ -17,7 +17,6 @@ Each scenario prints ``SCENARIO <name>: verdict <X> after <N> s`` (apply to verd
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -25,25 +24,18 @@ import pytest
 from e2e.operator_fixtures import operator_process
 from e2e.test_canary_scenarios import Rollout, rollout
 from e2e.test_zero_exposure import VALIDATION, CanaryScrapes, _metrics_url, _requests_by_source
-from roost_devcluster import modeldeployments as mds
+from e2e.test_zero_exposure import _apply as apply_wine
 
 __all__ = ["operator_process", "rollout"]
 
 pytestmark = pytest.mark.e2e
 
 Obj = dict[str, Any]
-GATES: Obj = {"errorRate": {"margin": 0.05}}
 STEPS: list[Obj] = [{"shadow": 100, "pause": "4s"}, {"weight": 50, "pause": "4s"}]
 
 
 def _apply(r: Rollout, model: str, validation: Obj | None = None) -> None:
-    body = mds.manifest(
-        r.namespace, r.models[model], "wine", 2, STEPS, {"interval": "2s", "gates": GATES}
-    )
-    if validation is not None:
-        body["spec"]["rollout"]["validation"] = validation
-    r.started = time.monotonic()
-    mds.apply(r.api, body)
+    apply_wine(r, model, STEPS, validation)
 
 
 def _serve_stable(r: Rollout) -> str:

@@ -41,11 +41,15 @@ STEPS: list[Obj] = [{"weight": 50, "pause": "4s"}]
 VALIDATION: Obj = {"minAgreement": 0.8, "maxLatency": "2s"}
 
 
-def _apply(r: Rollout, model: str, steps: list[Obj] = STEPS) -> None:
+def _apply(
+    r: Rollout, model: str, steps: list[Obj] = STEPS, validation: Obj | None = VALIDATION
+) -> None:
+    """Apply `wine` serving `model` (error-rate gate, analysis every 2 s); the verdict clock."""
     body = mds.manifest(
         r.namespace, r.models[model], "wine", 2, steps, {"interval": "2s", "gates": GATES}
     )
-    body["spec"]["rollout"]["validation"] = VALIDATION
+    if validation is not None:
+        body["spec"]["rollout"]["validation"] = validation
     r.started = time.monotonic()
     mds.apply(r.api, body)
 
