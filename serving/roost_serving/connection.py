@@ -11,7 +11,9 @@ plain-text body. :func:`guarded_protocol` returns a protocol class that adds, pe
 - a connection limit (``--max-connections``): 503 for connections beyond it;
 - the Open Inference Protocol error body ``{"error": ...}`` on every answer it gives itself;
 - a graceful shutdown that lets a connection accepted just before the listener closed send its
-  request (answered with ``Connection: close``) instead of dropping it unanswered.
+  request (answered with ``Connection: close``) instead of dropping it unanswered;
+- one send per response: uvicorn writes a response's head and its body separately, each a
+  system call and a TCP segment of its own; :class:`CoalescingTransport` sends them together.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import httptools
@@ -42,6 +45,118 @@ def raw_response(status: int, message: str, extra: bytes = b"") -> bytes:
         f"content-length: {len(body)}\r\nconnection: close\r\n"
     ).encode()
     return head + extra + b"\r\n" + body
+
+
+def _is_final_head(data: bytes | bytearray | memoryview) -> bool:
+    """A response head (status line and headers, no body yet) that is not a 1xx."""
+    return (
+        isinstance(data, bytes)
+        and data.startswith(b"HTTP/1.1 ")
+        and data[9:10] != b"1"  # 100 Continue must reach the client now: it waits for it
+        and data.endswith(b"\r\n\r\n")
+    )
+
+
+class CoalescingTransport(asyncio.Transport):
+    """A transport that holds a response head back until the first body bytes follow it.
+
+    uvicorn writes a response's head and body with two ``write`` calls, so every response cost
+    two send system calls and two TCP segments (on loopback, each send also runs the
+    receiver's side of the stack), about as much again as a small model's run. Here the head
+    waits, and goes out with the body in one ``writelines`` (one ``writev``). Nothing waits
+    for a later turn of the loop: a head is written when the body follows, when the response
+    completes without a body (HEAD, via :meth:`flush`), or when the connection closes; the
+    first chunk of a streamed response carries its head. Everything else is the wrapped
+    transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        """Wrap ``transport``."""
+        super().__init__()
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold a response head; write anything else (with a held head before it)."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.writelines((head, data))
+        elif _is_final_head(data):
+            self._head = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write each item as :meth:`write` would, the held head first."""
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        """Write a held head, then close."""
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once; a held head is dropped with the rest of the buffer."""
+        self._head = None
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        """Write a held head, then half-close."""
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        """The wrapped transport's."""
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        """The wrapped transport's."""
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The wrapped transport's."""
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """The wrapped transport's."""
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The wrapped transport's."""
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        """The wrapped transport's."""
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        """The wrapped transport's."""
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """The wrapped transport's."""
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """The wrapped transport's."""
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        """The wrapped transport's, plus a held head."""
+        return self._transport.get_write_buffer_size() + len(self._head or b"")
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The wrapped transport's."""
+        return self._transport.get_write_buffer_limits()
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -68,6 +183,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Refuse connections beyond the limit; start the head clock."""
         super().connection_made(transport)
+        # uvicorn's flow control keeps the real transport; every write goes through this one.
+        self.transport = CoalescingTransport(transport)
         if len(self.connections) > self.max_connections:
             self._reject(503, f"too many connections (--max-connections {self.max_connections})")
             return
@@ -123,6 +240,13 @@ class GuardedProtocol(HttpToolsProtocol):
         """Every body chunk restarts the read timeout."""
         self._arm_body_timer()
         super().on_body(body)
+
+    def on_response_complete(self) -> None:
+        """A response without body bytes (HEAD) still has its head held: send it now."""
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.flush()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         """The whole request is in."""
