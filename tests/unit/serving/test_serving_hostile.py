@@ -93,6 +93,42 @@ def test_slow_loris_and_silent_clients_are_cut_off(
     assert httpx.post(server.url + "/v2/models/forest/infer", content=ROW).status_code == 200
 
 
+def test_each_bound_fires_at_its_own_time_on_the_shared_clock(
+    start_server: type[RunningServer], serving_models: dict[str, Path]
+) -> None:
+    """One clock per connection times the head (0.4 s) and the body silence (1.5 s)."""
+    server = _forest(start_server, serving_models, header_timeout=0.4, read_timeout=1.5)
+    # A body trickled in chunks 0.6 s apart (past the head bound, inside the read bound),
+    # over two requests on one connection: both answered.
+    with _connect(server) as slow:
+        for _ in range(2):
+            slow.sendall(_post_head(len(ROW)))
+            for start in range(0, len(ROW), 30):
+                time.sleep(0.6)
+                slow.sendall(ROW[start : start + 30])
+            data = b""
+            while b"outputs" not in data:
+                chunk = slow.recv(65536)
+                assert chunk, f"closed mid-request: {data!r}"
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+    # A body that stops: closed after the read bound, not the head bound.
+    with _connect(server) as stalled:
+        stalled.sendall(_post_head(len(ROW)) + ROW[:10])
+        started = time.monotonic()
+        assert _read_all(stalled) == b""
+        waited = time.monotonic() - started
+    assert 1.4 < waited < 3.5, waited
+    # A head that stops: 408 after the head bound.
+    with _connect(server) as half:
+        half.sendall(b"POST /v2/models/forest/infer HTTP/1.1\r\n")
+        started = time.monotonic()
+        status, _, _ = _split(_read_all(half))
+        waited = time.monotonic() - started
+    assert status == 408
+    assert 0.3 < waited < 1.2, waited  # within the head bound, not the read bound
+
+
 @pytest.mark.parametrize(
     "raw",
     [
