@@ -335,7 +335,7 @@ class DataPlane:
             request.id = resolve(request.id, header_id)
             if held is not None:  # the inference log records refusals from here on
                 held.append(request)
-            check_inputs(request, model.inputs)
+            check_inputs(request, model.input_index)
             check_outputs(request, model.outputs)
         finally:
             self._arriving -= 1

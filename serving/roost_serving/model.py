@@ -18,7 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes
-from roost_serving.protocol import PLATFORM, RoostError, TensorSpec
+from roost_serving.protocol import (
+    PLATFORM,
+    InputIndex,
+    RoostError,
+    TensorSpec,
+    index_inputs,
+)
 from roost_serving.redact import redact_uri
 
 log = logging.getLogger("roost.model")
@@ -88,6 +94,11 @@ class LoadedModel:
     """Where the model came from, redacted: safe for logs and metric labels."""
     load_seconds: float
     platform: str = PLATFORM
+
+    @cached_property
+    def input_index(self) -> InputIndex:
+        """:attr:`inputs` by name with their dtypes, which every request is checked against."""
+        return index_inputs(self.inputs)
 
     @cached_property
     def output_names(self) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -416,16 +415,18 @@ def decode_request(
     return decoded
 
 
-@lru_cache(maxsize=16)
-def _signature(signature: tuple[TensorSpec, ...]) -> dict[str, tuple[TensorSpec, np.dtype[Any]]]:
-    """Name -> (spec, numpy dtype) of a model's inputs, built once per signature: the checks
-    run on every request."""
+InputIndex = Mapping[str, tuple[TensorSpec, np.dtype[Any]]]
+"""A model's inputs by name, each with its numpy dtype: what :func:`check_inputs` reads."""
+
+
+def index_inputs(signature: Sequence[TensorSpec]) -> InputIndex:
+    """The :data:`InputIndex` of a model's inputs (built once, when the model loads)."""
     return {spec.name: (spec, DTYPES[spec.datatype]) for spec in signature}
 
 
-def check_inputs(request: DecodedRequest, signature: Sequence[TensorSpec]) -> None:
-    """Check decoded inputs against the model's inputs: names, datatypes, ranks, fixed dims."""
-    known = _signature(tuple(signature))
+def check_inputs(request: DecodedRequest, known: InputIndex) -> None:
+    """Check decoded inputs against the model's inputs (:func:`index_inputs`): names,
+    datatypes, ranks, fixed dims."""
     for name, array in request.inputs.items():
         entry = known.get(name)
         if entry is None:

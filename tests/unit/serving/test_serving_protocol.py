@@ -15,6 +15,7 @@ from roost_serving.protocol import (
     check_inputs,
     decode_request,
     encode_response,
+    index_inputs,
 )
 
 
@@ -140,7 +141,7 @@ def test_binary_size_that_does_not_match_the_shape() -> None:
 
 
 def test_check_inputs_against_the_signature() -> None:
-    signature = [TensorSpec("X", "FP32", (-1, 3)), TensorSpec("k", "BYTES", (-1,))]
+    signature = index_inputs([TensorSpec("X", "FP32", (-1, 3)), TensorSpec("k", "BYTES", (-1,))])
     good = DecodedRequest(
         id=None,
         inputs={"X": np.zeros((4, 3), np.float32), "k": np.array(["a"] * 4, dtype=object)},
