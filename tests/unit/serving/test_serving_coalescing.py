@@ -16,9 +16,8 @@ import uvicorn
 from roost_serving.cli import server_config
 from roost_serving.config import Settings
 from roost_serving.connection import CoalescingTransport
+from unit.serving.test_serving_hostile import ROW, RunningServer, _connect, _forest, _post_head
 
-RunningServer = Any
-ROW = b'{"inputs":[{"name":"X","datatype":"FP32","shape":[1,5],"data":[0.5,-1,0.25,2,0]}]}'
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 
 
@@ -88,15 +87,6 @@ def test_anything_but_a_final_head_is_written_at_once(data: bytes) -> None:
     assert real.calls == [("write", (bytes(data),))]
 
 
-def _forest(start: type[RunningServer], models: dict[str, Path]) -> RunningServer:
-    return start(Settings(model=str(models["forest"]), name="forest"))
-
-
-def _connect(server: RunningServer) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
-
-
 def _read_response(conn: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
     """One response by its Content-Length: (head, body, bytes read past it)."""
     data = buffered
@@ -118,12 +108,10 @@ def test_pipelined_requests_are_answered_in_order_on_a_real_socket(
     start_server: type[RunningServer], serving_models: dict[str, Path]
 ) -> None:
     server = _forest(start_server, serving_models)
-    request = (
-        b"POST /v2/models/forest/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
-        b"X-Request-Id: r%d\r\n\r\n"
-    )
     with _connect(server) as conn:
-        conn.sendall(b"".join(request % (len(ROW), i) + ROW for i in range(5)))
+        conn.sendall(
+            b"".join(_post_head(len(ROW), f"X-Request-Id: r{i}\r\n") + ROW for i in range(5))
+        )
         left = b""
         for i in range(5):
             head, body, left = _read_response(conn, left)
@@ -149,17 +137,10 @@ def test_a_head_request_gets_its_head_and_keeps_the_connection(
         assert b"allow: POST" in head
         assert rest == b""
         # The same connection then serves an inference.
-        conn.sendall(_post(len(ROW)) + ROW)
+        conn.sendall(_post_head(len(ROW)) + ROW)
         head, body, _ = _read_response(conn)
         assert head.startswith(b"HTTP/1.1 200")
         assert "outputs" in orjson.loads(body)
-
-
-def _post(length: int, extra: bytes = b"") -> bytes:
-    return b"POST /v2/models/forest/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n" % (
-        length,
-        extra,
-    )
 
 
 def test_expect_100_continue_is_not_held_back(
@@ -167,7 +148,7 @@ def test_expect_100_continue_is_not_held_back(
 ) -> None:
     server = _forest(start_server, serving_models)
     with _connect(server) as conn:
-        conn.sendall(_post(len(ROW), b"Expect: 100-continue\r\n"))
+        conn.sendall(_post_head(len(ROW), "Expect: 100-continue\r\n"))
         conn.settimeout(5)
         interim = conn.recv(65536)  # the body is sent only once this arrives
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
