@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -60,7 +60,7 @@ class _Item:
     inputs: Mapping[str, np.ndarray]
     rows: int
     key: tuple[object, ...]
-    future: asyncio.Future[Tensors]
+    future: asyncio.Future[Tensors] | None  # None: run at once, never queued
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -147,6 +147,62 @@ class Batcher:
         self._wakeup.set()
         return await future
 
+    @property
+    def inline(self) -> bool:
+        """Whether runs happen on the event loop (the model is cheap; see INLINE_RUN_SECONDS)."""
+        return self._run_seconds < INLINE_RUN_SECONDS
+
+    def free(self) -> bool:
+        """Nothing queued, collected or running: a run may start on the loop now."""
+        return not self._queue and not self._busy
+
+    def enqueue(self, inputs: Mapping[str, np.ndarray]) -> asyncio.Future[Tensors]:
+        """Queue one request's inputs without awaiting them: the future gets its outputs."""
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(RoostError("the server is shutting down"))
+            return future
+        rows = _rows(inputs) if self.enabled else -1
+        self._queue.append(_Item(inputs, rows, _key(inputs) if rows > 0 else (), future))
+        self._wakeup.set()
+        return future
+
+    def run_together(
+        self, requests: Sequence[Mapping[str, np.ndarray]]
+    ) -> list[Tensors | BaseException]:
+        """Run requests that arrived in one turn of the loop on the loop, now, batched where
+        they agree on their inputs' trailing dimensions; one result (or error) per request.
+
+        The caller checks :meth:`free` and :attr:`inline` first: no other run can be in
+        progress, so this one needs no queue, no future and no task switch.
+        """
+        if self._closing:
+            return [RoostError("the server is shutting down") for _ in requests]
+        results: list[Tensors | BaseException] = [RoostError("not run")] * len(requests)
+        groups: dict[tuple[object, ...], list[tuple[int, _Item]]] = {}
+        for index, inputs in enumerate(requests):
+            self._on_dequeue(0.0)
+            rows = _rows(inputs) if self.enabled else -1
+            item = _Item(inputs, rows, (), None)
+            if not 0 < rows < self._max_rows:
+                results[index] = self._execute([item])[0]  # fills a batch alone, or cannot join
+                continue
+            group = groups.setdefault(_key(inputs), [])
+            if sum(member.rows for _, member in group) + rows > self._max_rows:
+                self._run_group(group, results)
+                group.clear()
+            group.append((index, item))
+        for group in groups.values():
+            self._run_group(group, results)
+        return results
+
+    def _run_group(
+        self, group: list[tuple[int, _Item]], results: list[Tensors | BaseException]
+    ) -> None:
+        if group:
+            for (index, _), result in zip(group, self._execute([i for _, i in group]), strict=True):
+                results[index] = result
+
     def _idle(self, others_decoding: bool = True) -> bool:
         """Nothing queued, collected or running (nor being decoded), and the model runs inline."""
         return (
@@ -170,7 +226,8 @@ class Batcher:
         """Pop the head item and every following compatible one that fits in the batch."""
         first = self._queue.popleft()
         batch = [first]
-        if first.future.done():  # its deadline passed while it waited: never run it
+        # Its deadline passed while it waited: never run it.
+        if first.future is None or first.future.done():
             return []
         if first.rows <= 0 or first.rows >= self._max_rows:
             return batch
@@ -178,7 +235,7 @@ class Batcher:
         kept: deque[_Item] = deque()
         while self._queue and rows < self._max_rows:
             item = self._queue.popleft()
-            if item.future.done():
+            if item.future is None or item.future.done():
                 continue
             if item.key == first.key and item.rows > 0 and rows + item.rows <= self._max_rows:
                 batch.append(item)
@@ -248,13 +305,13 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
         except BaseException as exc:  # delivered to every waiting request, never lost
             for item in batch:
-                if not item.future.done():
+                if item.future is not None and not item.future.done():
                     item.future.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         for item, result in zip(batch, results, strict=True):
-            if item.future.done():  # the client went away
+            if item.future is None or item.future.done():  # the client went away
                 continue
             if isinstance(result, BaseException):
                 item.future.set_exception(result)
