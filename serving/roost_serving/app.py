@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from roost_serving import __version__
 from roost_serving.batching import Batcher
 from roost_serving.config import Settings
+from roost_serving.direct import DirectInfer
 from roost_serving.fastpath import InferenceFastPath
 from roost_serving.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_within
 from roost_serving.groundtruth import GroundTruth
@@ -323,28 +324,59 @@ class DataPlane:
     ) -> Inference:
         self._arriving += 1
         try:
-            model = self.loaded_model(name, version)
-            batcher = self.batcher
-            if batcher is None:
-                raise NotReadyError(f"model {name!r} is not loaded yet")
+            model = self.serving_model(name, version)
             if offload:
                 loop = asyncio.get_running_loop()
                 request = await loop.run_in_executor(self._codec, decode, payload)
             else:
                 request = decode(payload)
-            request.id = resolve(request.id, header_id)
-            if held is not None:  # the inference log records refusals from here on
-                held.append(request)
-            check_inputs(request, model.input_index)
-            check_outputs(request, model.outputs)
+            request_id = self.check(model, request, header_id, held)
         finally:
             self._arriving -= 1
         if source == "validation":
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self._codec, model.run, request.inputs)
         else:
+            batcher = self.batcher
+            assert batcher is not None  # serving_model checked it
             outputs = await batcher.submit(request.inputs)
-        done = Inference(request.id, request, outputs, source)
+        return self.answered(request_id, request, outputs, source)
+
+    def serving_model(self, name: str, version: str | None) -> LoadedModel:
+        """The model for a request, loaded and with its batcher running, or the error."""
+        model = self.loaded_model(name, version)
+        if self.batcher is None:
+            raise NotReadyError(f"model {name!r} is not loaded yet")
+        return model
+
+    def check(
+        self,
+        model: LoadedModel,
+        request: DecodedRequest,
+        header_id: str | None,
+        held: list[DecodedRequest] | None = None,
+    ) -> str:
+        """Give a decoded request its id (returned) and check it against the model (the 400s).
+
+        ``held`` (a sampled request's inference-log holder) gets the request once its id is
+        known, so a refusal from here on is recorded with its inputs.
+        """
+        request.id = request_id = resolve(request.id, header_id)
+        if held is not None:
+            held.append(request)
+        check_inputs(request, model.input_index)
+        check_outputs(request, model.outputs)
+        return request_id
+
+    def answered(
+        self,
+        request_id: str,
+        request: DecodedRequest,
+        outputs: dict[str, np.ndarray],
+        source: str,
+    ) -> Inference:
+        """The model ran: hand the inference to the observers (they queue and return)."""
+        done = Inference(request_id, request, outputs, source)
         for observer in self.observers:
             try:
                 observer(done)
@@ -376,10 +408,10 @@ class DataPlane:
         if offload:
             loop = asyncio.get_running_loop()
             encoded = await loop.run_in_executor(
-                self._codec, self._encode, name, done.request, done.outputs
+                self._codec, self.encode, name, done.request, done.outputs
             )
         else:
-            encoded = self._encode(name, done.request, done.outputs)
+            encoded = self.encode(name, done.request, done.outputs)
         return encoded[0], encoded[1], done.request_id
 
     def tee(self, done: Inference, body: bytes | None, header_length: int | None = None) -> None:
@@ -401,9 +433,10 @@ class DataPlane:
             request.outputs,
         )
 
-    def _encode(
+    def encode(
         self, name: str, request: DecodedRequest, outputs: dict[str, np.ndarray]
     ) -> tuple[bytes, int | None]:
+        """The REST response body for a request's outputs, and its binary header length."""
         return encode_response(name, self.version, request, outputs, self.limits)
 
 
@@ -427,13 +460,15 @@ class RoostApp(FastAPI):
     """
 
     fast_path: InferenceFastPath
+    direct: DirectInfer
+    """What the connection answers without ASGI (roost_serving.direct), on the same plane."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the connection scope to the fast path, which falls back to FastAPI."""
         await self.fast_path(scope, receive, send)
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> RoostApp:
     """Build the server app for ``settings``; metrics go to ``registry`` (a fresh one if None).
 
     The returned app's ``state.plane`` is its :class:`DataPlane`.
@@ -520,4 +555,5 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         return Response(generate_latest(plane.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.fast_path = InferenceFastPath(partial(FastAPI.__call__, app), plane)
+    app.direct = DirectInfer(plane, min(settings.max_body_bytes, OFFLOAD_BYTES))
     return app

@@ -101,7 +101,7 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": guarded_protocol(settings),
+        "http": guarded_protocol(settings, getattr(app, "direct", None)),
         "lifespan": "on",
         "access_log": False,
         "log_config": None,

@@ -13,7 +13,10 @@ plain-text body. :func:`guarded_protocol` returns a protocol class that adds, pe
 - a graceful shutdown that lets a connection accepted just before the listener closed send its
   request (answered with ``Connection: close``) instead of dropping it unanswered;
 - one send per response: uvicorn writes a response's head and its body separately, each a
-  system call and a TCP segment of its own; :class:`CoalescingTransport` sends them together.
+  system call and a TCP segment of its own; :class:`CoalescingTransport` sends them together;
+- inference requests answered from the parser's callbacks, without ASGI, when their head and
+  body arrive in one read (:mod:`roost_serving.direct`; a :class:`_DirectCycle` holds the
+  connection's place meanwhile, so pipelined requests keep their order).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import asyncio
 import http
 import logging
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from roost_serving.config import Settings
+from roost_serving.direct import DirectInfer, Headers
 from roost_serving.protocol import error_body
 
 log = logging.getLogger("roost.connection")
@@ -159,6 +164,37 @@ class CoalescingTransport(asyncio.Transport):
         return self._transport.get_write_buffer_limits()
 
 
+class _NoEvent:
+    """What uvicorn sets on a disconnect; nothing waits on a direct request's messages."""
+
+    def set(self) -> None:
+        """Nothing to wake."""
+
+
+_NO_EVENT = _NoEvent()
+
+
+class _DirectCycle:
+    """Stands in for uvicorn's request-response cycle while a request goes the direct way.
+
+    It answers what uvicorn and :class:`GuardedProtocol` ask of the connection's current
+    cycle (is its response complete, may the connection be kept alive, did the client go), so
+    a pipelined request behind it waits for its answer as it would behind any other.
+    """
+
+    __slots__ = ("body", "disconnected", "keep_alive", "response_complete", "target")
+
+    message_event = _NO_EVENT
+    response_started = False  # an answer is written whole, in one call
+
+    def __init__(self, target: tuple[str, str | None], keep_alive: bool) -> None:
+        self.target = target
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+        self.disconnected = False
+        self.response_complete = False
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head, time and connection bounds."""
 
@@ -166,6 +202,8 @@ class GuardedProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     read_timeout = 30.0
     max_connections = 1024
+    direct: DirectInfer | None = None
+    """Takes inference requests without ASGI (None: every request goes through ASGI)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Same arguments as uvicorn's protocol."""
@@ -219,6 +257,11 @@ class GuardedProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
             return
+        cycle = self.cycle
+        if isinstance(cycle, _DirectCycle) and self._reading_body:
+            # The body did not come with its head: the request goes through ASGI, whose
+            # deadline and admission then apply from now, as for any request.
+            self._to_asgi(cycle, complete=False)
         if was_head and not self._reading_body and not self._head_done_in_feed:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
@@ -236,14 +279,23 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._phase = None
         self._reading_body = True
-        super().on_headers_complete()
-        if self._draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+        target = self._direct_target()
+        if target is not None:
+            keep_alive = self.parser.should_keep_alive() and not self._draining
+            self.cycle = _DirectCycle(target, keep_alive)  # type: ignore[assignment]
+        else:
+            super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False
         self._start("body", self.read_timeout)
 
     def on_body(self, body: bytes) -> None:
         """Every body chunk restarts the read timeout."""
         self._deadline = self.loop.time() + self.read_timeout
+        cycle = self.cycle
+        if isinstance(cycle, _DirectCycle):
+            cycle.body.append(body)
+            return
         super().on_body(body)
 
     def on_response_complete(self) -> None:
@@ -257,7 +309,73 @@ class GuardedProtocol(HttpToolsProtocol):
         """The whole request is in."""
         self._reading_body = False
         self._phase = None
+        cycle = self.cycle
+        if isinstance(cycle, _DirectCycle):
+            body = b"".join(cycle.body)
+            direct = self.direct
+            assert direct is not None  # a direct cycle exists only with a direct path
+            if not direct.take(cycle.target, self.headers, body, partial(self._reply, cycle)):
+                self._to_asgi(cycle, complete=True)
+            return
         super().on_message_complete()
+
+    # --- the direct path ----------------------------------------------------------------------
+
+    def _direct_target(self) -> tuple[str, str | None] | None:
+        """Where a request whose head just completed may go the direct way, else None."""
+        direct = self.direct
+        if direct is None or self.expect_100_continue or self.flow.write_paused:
+            return None
+        if self.transport.is_closing():
+            return None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            return None  # pipelined behind an unanswered request: it waits in uvicorn's queue
+        parser = self.parser
+        if parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+            return None
+        length: int | None = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit():
+                    return None
+                length = int(value)
+            elif name == b"transfer-encoding" or name == b"upgrade":
+                return None
+        return direct.route(self.url, length)
+
+    def _to_asgi(self, cycle: _DirectCycle, complete: bool) -> None:
+        """Hand a request the direct path did not answer to uvicorn's cycle and the ASGI app,
+        with the body bytes received so far."""
+        self.cycle = None  # type: ignore[assignment]
+        HttpToolsProtocol.on_headers_complete(self)
+        self.cycle.keep_alive = self.cycle.keep_alive and cycle.keep_alive
+        self.cycle.body = bytearray().join(cycle.body)
+        if complete:
+            self.cycle.more_body = False
+        self.cycle.message_event.set()
+
+    def _reply(
+        self, cycle: _DirectCycle, status: int, headers: Headers, body: bytes, close: bool
+    ) -> None:
+        """Write a direct request's answer, then go on as uvicorn does after a response."""
+        if cycle.response_complete:
+            return
+        cycle.response_complete = True
+        transport = self.transport
+        if cycle.disconnected or transport.is_closing():
+            return
+        keep_alive = cycle.keep_alive and not close
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            parts += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        transport.write(b"".join(parts))
+        if not keep_alive:
+            transport.close()
+        self.on_response_complete()
 
     # --- shutdown -----------------------------------------------------------------------------
 
@@ -342,8 +460,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self._timer = None
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
-    """The protocol class for uvicorn's ``http=`` option, with ``settings``' bounds."""
+def guarded_protocol(
+    settings: Settings, direct: DirectInfer | None = None
+) -> type[GuardedProtocol]:
+    """The protocol class for uvicorn's ``http=`` option, with ``settings``' bounds; ``direct``
+    answers the inference requests it can take without ASGI."""
     return type(
         "RoostHttpProtocol",
         (GuardedProtocol,),
@@ -352,5 +473,6 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
             "header_timeout": settings.header_timeout,
             "read_timeout": settings.read_timeout,
             "max_connections": settings.max_connections,
+            "direct": direct,
         },
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from roost_serving.feedback import FORWARDED_HEADER
@@ -35,6 +35,7 @@ from roost_serving.requestid import HEADER_BYTES, SOURCE_HEADER, from_header, ne
 
 if TYPE_CHECKING:  # app imports this module: the type only, no import cycle at run time
     from roost_serving.app import DataPlane
+    from roost_serving.metrics import ServingMetrics
 
 log = logging.getLogger("roost.server")
 
@@ -44,7 +45,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_JSON = b"application/json"
+JSON_TYPE = b"application/json"
+BINARY_TYPE = b"application/octet-stream"
+HEADER_LENGTH_BYTES = HEADER_LENGTH.encode()
 _CLOSE = (b"connection", b"close")
 
 
@@ -52,7 +55,7 @@ async def _method_not_allowed(send: Send, method: str, what: str = "infer") -> N
     """405 for an infer route asked with another method, with ``Allow`` and the OIP body."""
     body = error_body(f"method {method} is not allowed here; {what} requests use POST")
     headers = [
-        (b"content-type", _JSON),
+        (b"content-type", JSON_TYPE),
         (b"content-length", str(len(body)).encode()),
         (b"allow", b"POST"),
     ]
@@ -60,7 +63,8 @@ async def _method_not_allowed(send: Send, method: str, what: str = "infer") -> N
     await send({"type": "http.response.body", "body": body})
 
 
-def _parse_infer_path(path: str) -> tuple[str, str | None] | None:
+def parse_infer_path(path: str) -> tuple[str, str | None] | None:
+    """The model name and version in an infer route's path (None: not an infer route)."""
     parts = path.split("/")
     # "", "v2", "models", name, "infer"  |  ..., name, "versions", v, "infer"
     if len(parts) == 5:
@@ -86,7 +90,7 @@ class InferenceFastPath:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/v2/models/") and path.endswith("/infer"):
-                target = _parse_infer_path(path)
+                target = parse_infer_path(path)
                 if target is not None:
                     if scope["method"] == "POST":
                         await self._infer(scope, receive, send, *target)
@@ -108,10 +112,10 @@ class InferenceFastPath:
     ) -> None:
         plane, metrics = self.plane, self.plane.metrics
         started = time.perf_counter()
-        content_type = _JSON
+        content_type = JSON_TYPE
         extra: list[tuple[bytes, bytes]] = []
         admitted = False
-        headers = _request_headers(scope)
+        headers = request_headers(scope["headers"])
         source = source_of(headers.source)
         # The id an error answer carries: the header's when it is valid, else a fresh one.
         request_id = ""
@@ -135,30 +139,14 @@ class InferenceFastPath:
                 raise deadline_exceeded(seconds) from None
             status = 200
             if out_length is not None:
-                content_type = b"application/octet-stream"
-                extra.append((HEADER_LENGTH.encode(), str(out_length).encode()))
-        except RoostError as exc:
-            status, payload = exc.status_code, error_body(exc.message)
-            if isinstance(exc, ShedError):
-                metrics.count_shed(exc.reason)
-                if exc.status_code == 503:
-                    extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
-        except Exception as exc:  # never a stack trace in the body, always a logged one
-            request_id = request_id or new_id()
-            log.exception("inference failed (request id %s)", request_id)
-            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
+                content_type = BINARY_TYPE
+                extra.append((HEADER_LENGTH_BYTES, str(out_length).encode()))
+        except Exception as exc:  # RoostError's own answer; anything else a logged 500
+            status, payload, request_id = error_answer(exc, metrics, request_id, extra)
         finally:
             if admitted:
                 plane.inflight -= 1
-        request_id = request_id or new_id()
-        if log.isEnabledFor(logging.DEBUG):  # one line per request: off unless asked for
-            log.debug("inference %s (%s) answered %d", request_id, source, status)
-        response_headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(payload)).encode()),
-            (HEADER_BYTES, request_id.encode()),
-            *extra,
-        ]
+        response_headers = answer_headers(status, payload, request_id, source, content_type, extra)
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
         metrics.count_request(status, source=source)
@@ -171,7 +159,7 @@ class InferenceFastPath:
         forwarded = any(k == FORWARDED_HEADER for k, _ in scope["headers"])
         try:
             plane.loaded_model(name, None)
-            seconds = parse_deadline(_request_headers(scope).deadline, plane.limits)
+            seconds = parse_deadline(request_headers(scope["headers"]).deadline, plane.limits)
             try:
                 async with asyncio.timeout(seconds):
                     body = await self._read_body(scope, receive)
@@ -184,7 +172,7 @@ class InferenceFastPath:
         except Exception as exc:  # never a stack trace in the body, always a logged one
             log.exception("feedback failed")
             status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(payload)).encode())]
+        headers = [(b"content-type", JSON_TYPE), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -227,11 +215,11 @@ class _Headers:
         self.source: bytes | None = None
 
 
-def _request_headers(scope: Scope) -> _Headers:
+def request_headers(headers: Iterable[tuple[bytes, bytes]]) -> _Headers:
     """``Inference-Header-Content-Length``, the deadline, ``X-Request-Id``, ``Roost-Source``."""
     found = _Headers()
-    for key, value in scope["headers"]:
-        if key == b"inference-header-content-length":
+    for key, value in headers:
+        if key == HEADER_LENGTH_BYTES:
             found.length = value
         elif key == DEADLINE_HEADER:
             found.deadline = value
@@ -240,6 +228,43 @@ def _request_headers(scope: Scope) -> _Headers:
         elif key == SOURCE_HEADER:
             found.source = value
     return found
+
+
+def error_answer(
+    exc: Exception, metrics: ServingMetrics, request_id: str, extra: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, str]:
+    """The status, OIP error body and request id that answer ``exc``; ``extra`` gets the
+    headers it adds (``Retry-After`` on a 503 shed). Anything not a RoostError is a 500
+    whose body never carries a stack trace, and whose log line always does."""
+    if isinstance(exc, RoostError):
+        if isinstance(exc, ShedError):
+            metrics.count_shed(exc.reason)
+            if exc.status_code == 503:
+                extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+        return exc.status_code, error_body(exc.message), request_id
+    request_id = request_id or new_id()
+    log.error("inference failed (request id %s)", request_id, exc_info=exc)
+    return 500, error_body(f"internal error: {type(exc).__name__}"), request_id
+
+
+def answer_headers(
+    status: int,
+    payload: bytes,
+    request_id: str,
+    source: str,
+    content_type: bytes = JSON_TYPE,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> list[tuple[bytes, bytes]]:
+    """An infer answer's headers; the request id is a fresh one when none is known yet."""
+    request_id = request_id or new_id()
+    if log.isEnabledFor(logging.DEBUG):  # one line per request: off unless asked for
+        log.debug("inference %s (%s) answered %d", request_id, source, status)
+    return [
+        (b"content-type", content_type),
+        (b"content-length", str(len(payload)).encode()),
+        (HEADER_BYTES, request_id.encode()),
+        *extra,
+    ]
 
 
 def _closing(send: Send) -> Send:

@@ -271,16 +271,28 @@ class InferenceLog:
         try:
             done = await run(held)
         except (RoostError, asyncio.CancelledError) as exc:
-            if held:
-                # Cancellation is the request deadline, answered 504.
-                status = exc.status_code if isinstance(exc, RoostError) else 504
-                message = exc.message if isinstance(exc, RoostError) else "deadline exceeded"
-                latency = time.perf_counter() - started
-                self.record(held[0].id, held[0].inputs, None, status, latency, protocol, message)
+            self.settle(protocol, started, held, None, exc)
             raise
-        latency = time.perf_counter() - started
-        self.record(done.request_id, done.request.inputs, done.outputs, 200, latency, protocol)
+        self.settle(protocol, started, held, done)
         return done
+
+    def settle(
+        self,
+        protocol: str,
+        started: float,
+        held: list[DecodedRequest],
+        done: Inference | None,
+        refusal: RoostError | asyncio.CancelledError | None = None,
+    ) -> None:
+        """Record a sampled request that began at ``started``: answered (``done``), or
+        refused after decoding (``held`` has the request; cancellation is the deadline, 504)."""
+        latency = time.perf_counter() - started
+        if done is not None:
+            self.record(done.request_id, done.request.inputs, done.outputs, 200, latency, protocol)
+        elif held:
+            status = refusal.status_code if isinstance(refusal, RoostError) else 504
+            message = refusal.message if isinstance(refusal, RoostError) else "deadline exceeded"
+            self.record(held[0].id, held[0].inputs, None, status, latency, protocol, message)
 
     def append(self, record: dict[str, Any]) -> bool:
         """Queue ``record`` unless the buffer is full (then count it dropped); never blocks."""
