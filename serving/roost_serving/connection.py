@@ -40,6 +40,12 @@ log = logging.getLogger("roost.connection")
 FRESH_CONNECTION_GRACE_S = 1.0
 """At shutdown, how long a connection that has not sent a byte yet may still send a request."""
 
+LINGER_S = 1.0
+"""After an answer the connection gives itself (431, 400, 408, 503), how long it keeps reading
+and dropping what the client still sends before it closes. Closing a socket with unread bytes
+makes the kernel send a reset, which can destroy the answer before the client has read it;
+the answer is followed by a half-close instead, so the client reads it and then the end."""
+
 
 def raw_response(status: int, message: str, extra: bytes = b"") -> bytes:
     """A complete HTTP/1.1 response with the JSON error body that closes the connection."""
@@ -213,6 +219,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_done_in_feed = False
         self._seen_bytes = False
         self._draining = False
+        self._lingering = False  # answered and half-closed: drop what still arrives
         # One clock per connection for both bounds: the phase being timed ("head" or "body",
         # None when neither) and its deadline. Starting or ending a phase only stores a time;
         # the one timer wakes at most every `_tick` seconds to compare, instead of a timer
@@ -241,6 +248,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; answer framing errors and oversized heads with a JSON body."""
+        if self._lingering:
+            return
         self._unset_keepalive_if_required()
         self._seen_bytes = True
         if not self._reading_body and self._phase is None:
@@ -410,7 +419,21 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         log.info("closing connection from %s: %s", self.client, message)
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close after an answer, drop what still arrives, close within LINGER_S."""
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self.loop.call_later(LINGER_S, self._close_lingering)
+
+    def _close_lingering(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _start(self, phase: str, seconds: float) -> None:
         """Time ``phase`` from now; the clock wakes within `_tick` (no later than any deadline,
