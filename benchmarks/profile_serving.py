@@ -12,6 +12,11 @@ Without sockets the figures leave out the HTTP server and the kernel (the same f
 servers), so they isolate the work roost adds on top of the floor and are steady on a busy
 machine, unlike the load runs of bench_serving.py.
 
+A second table drives each server's HTTP protocol instead (roost's connection protocol with
+its direct path, uvicorn's httptools protocol with the floor): whole requests fed to
+``data_received`` on a transport that only counts writes, then the loop's turn. That is the
+path a request sent over a socket takes (roost_serving.direct), less the system calls.
+
     python benchmarks/profile_serving.py [--requests 3000] [--profile] [--breakdown]
 """
 
@@ -31,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import BARE_APP, model_dir
@@ -89,6 +95,74 @@ async def call(app: App, path: str, body: bytes, header_length: int | None) -> i
 
     await app(scope, receive, send)
     return status
+
+
+class _CountingTransport(asyncio.Transport):
+    """A transport that counts writes: the protocol's answers go nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 2), "peername": ("127.0.0.1", 1)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def measure_wire(config: Any, path: str, body: bytes, length: int | None, n: int) -> float:
+    """CPU microseconds per request fed whole to a uvicorn ``config``'s HTTP protocol."""
+    from uvicorn.server import ServerState
+
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if length is not None:
+        head += f"Inference-Header-Content-Length: {length}\r\n"
+    wire = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    loop = asyncio.get_running_loop()
+    protocol = config.http_protocol_class(
+        config=config, server_state=ServerState(), app_state={}, _loop=loop
+    )
+    transport = _CountingTransport()
+    protocol.connection_made(transport)
+
+    async def run(count: int) -> None:
+        for _ in range(count):
+            answered = transport.writes
+            protocol.data_received(wire)
+            for _ in range(1000):  # the direct path's turn, or the ASGI task's steps
+                await asyncio.sleep(0)
+                if transport.writes > answered:
+                    break
+
+    await run(200)
+    started = time.process_time()
+    await run(n)
+    spent = time.process_time() - started
+    assert transport.writes >= n, "the protocol did not answer every request"
+    protocol.connection_lost(None)
+    return spent / n * 1e6
 
 
 async def measure(app: App, path: str, body: bytes, length: int | None, n: int) -> float:
@@ -173,6 +247,7 @@ async def main_async(n: int, profile: bool, parts: bool = False) -> None:
     """Load both apps, run every case, print the table (and the profiles)."""
     from prometheus_client import CollectorRegistry
     from roost_serving.app import create_app
+    from roost_serving.cli import server_config
     from roost_serving.config import Settings
 
     models = model_dir(Path(tempfile.mkdtemp(prefix="roost-profile-")))
@@ -195,6 +270,20 @@ async def main_async(n: int, profile: bool, parts: bool = False) -> None:
         for case, (body, length) in bodies().items():
             ours = await measure(app, path, body, length, n)
             floor = "" if length is not None else f"{await measure(bare, '/', body, None, n):8.1f}"
+            ratio = f"{ours / float(floor):10.2f}" if floor else ""
+            print(f"{case:<15} {ours:>9.1f} {floor:>8} {ratio}")
+        print("\nthrough the HTTP protocol (roost: the direct path), no sockets")
+        print(f"{'request':<15} {'roost us':>9} {'bare us':>8} {'roost/bare':>10}")
+        ours_config = server_config(app, settings, lifespan="off")
+        bare_config = uvicorn.Config(bare, http="httptools", lifespan="off", log_config=None)
+        for config in (ours_config, bare_config):
+            config.load()
+        for case, (body, length) in bodies().items():
+            ours = await measure_wire(ours_config, path, body, length, n)
+            floor = (
+                "" if length is not None
+                else f"{await measure_wire(bare_config, '/', body, None, n):8.1f}"
+            )  # fmt: skip
             ratio = f"{ours / float(floor):10.2f}" if floor else ""
             print(f"{case:<15} {ours:>9.1f} {floor:>8} {ratio}")
         if profile:

@@ -323,7 +323,16 @@ class GuardedProtocol(HttpToolsProtocol):
             body = b"".join(cycle.body)
             direct = self.direct
             assert direct is not None  # a direct cycle exists only with a direct path
-            if not direct.take(cycle.target, self.headers, body, partial(self._reply, cycle)):
+            try:
+                taken = direct.take(cycle.target, self.headers, body, partial(self._reply, cycle))
+            except Exception:  # a bug must cost this request a 500, not the parser a 400
+                log.exception("direct inference failed")
+                body = error_body("internal error")
+                length = str(len(body)).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+                self._reply(cycle, 500, headers, body, True)
+                return
+            if not taken:
                 self._to_asgi(cycle, complete=True)
             return
         super().on_message_complete()

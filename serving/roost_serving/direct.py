@@ -21,6 +21,7 @@ requests, pipelined requests behind an unanswered one) goes through ASGI as befo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from roost_serving.requestid import from_header, source_of
 
 if TYPE_CHECKING:  # app imports this module: the type only, no import cycle at run time
     from roost_serving.app import DataPlane
+
+log = logging.getLogger("roost.server")
 
 Headers = list[tuple[bytes, bytes]]
 Reply = Callable[[int, Headers, bytes, bool], None]
@@ -149,7 +152,12 @@ class DirectInfer:
         inputs = [item.request.inputs for item in waiting]
         elements = sum(a.size for each in inputs for a in each.values())
         if batcher.free() and batcher.inline and elements <= INLINE_MAX_ELEMENTS:
-            for item, result in zip(waiting, batcher.run_together(inputs), strict=True):
+            results: list[Tensors | BaseException]
+            try:
+                results = batcher.run_together(inputs)
+            except Exception as exc:  # every request of the turn is still answered (a 500)
+                results = [exc] * len(waiting)
+            for item, result in zip(waiting, results, strict=True):
                 self._finish(item, result)
             return
         loop = asyncio.get_running_loop()
@@ -171,6 +179,14 @@ class DirectInfer:
         self._finish(item, exc if exc is not None else future.result())
 
     def _finish(self, item: _Waiting, result: Tensors | BaseException) -> None:
+        """Answer one request that ran (or failed); never raises, so one request's failure
+        cannot leave the others of its turn unanswered."""
+        try:
+            self._settle(item, result)
+        except Exception:  # the answer itself failed (the connection): log, go on
+            log.exception("answering request %s failed", item.request_id)
+
+    def _settle(self, item: _Waiting, result: Tensors | BaseException) -> None:
         plane = self.plane
         plane.inflight -= 1
         request = item.request

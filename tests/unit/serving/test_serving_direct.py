@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -266,3 +267,25 @@ def test_query_strings_and_escaped_paths_go_through_asgi(
         head, _, _ = _read_response(conn)
     assert _status(head) == 200
     assert server.app.direct.taken == 0
+
+
+def test_a_failure_inside_the_direct_path_is_a_500_not_a_parser_400(
+    start_server: type[RunningServer], serving_models: dict[str, Path], monkeypatch: Any
+) -> None:
+    server = _forest(start_server, serving_models)
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.plane.batcher, "run_together", broken)
+    with _connect(server) as conn:
+        conn.sendall(_whole(extra="X-Request-Id: ran\r\n"))
+        head, body, _ = _read_response(conn)
+        assert (_status(head), _header(head, b"x-request-id")) == (500, b"ran")
+        assert orjson.loads(body) == {"error": "internal error: RuntimeError"}
+        monkeypatch.setattr(server.app.direct, "take", broken)
+        conn.sendall(_whole())
+        head, body, _ = _read_response(conn)
+    assert _status(head) == 500
+    assert orjson.loads(body) == {"error": "internal error"}
+    assert server.plane.inflight == 0
