@@ -56,12 +56,41 @@ BatchHook = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int], 
 
 
 @dataclass
-class _Item:
+class _Rows:
+    """One request's inputs and their row count: what a run needs."""
+
     inputs: Mapping[str, np.ndarray]
     rows: int
+
+
+@dataclass
+class _Item(_Rows):
+    """A queued request: its batching key and the future that gets its outputs."""
+
     key: tuple[object, ...]
-    future: asyncio.Future[Tensors] | None  # None: run at once, never queued
+    future: asyncio.Future[Tensors]
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Group:
+    """Requests of one turn that agree on their inputs' trailing dimensions."""
+
+    rows: int = 0
+    indices: list[int] = field(default_factory=list)
+    members: list[_Rows] = field(default_factory=list)
+
+    def add(self, index: int, member: _Rows) -> None:
+        """Add request ``index``."""
+        self.rows += member.rows
+        self.indices.append(index)
+        self.members.append(member)
+
+    def clear(self) -> None:
+        """Empty the group once it has run."""
+        self.rows = 0
+        self.indices.clear()
+        self.members.clear()
 
 
 def _key(inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
@@ -142,10 +171,7 @@ class Batcher:
                 self._pending -= 1
             if self._idle() and self._pending == 0:
                 return self._run_now(inputs, rows)
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(inputs, rows, _key(inputs) if rows > 0 else (), future))
-        self._wakeup.set()
-        return await future
+        return await self.enqueue(inputs)
 
     @property
     def inline(self) -> bool:
@@ -179,29 +205,28 @@ class Batcher:
         if self._closing:
             return [RoostError("the server is shutting down") for _ in requests]
         results: list[Tensors | BaseException] = [RoostError("not run")] * len(requests)
-        groups: dict[tuple[object, ...], list[tuple[int, _Item]]] = {}
+        groups: dict[tuple[object, ...], _Group] = {}
         for index, inputs in enumerate(requests):
             self._on_dequeue(0.0)
             rows = _rows(inputs) if self.enabled else -1
-            item = _Item(inputs, rows, (), None)
             if not 0 < rows < self._max_rows:
-                results[index] = self._execute([item])[0]  # fills a batch alone, or cannot join
+                # Fills a batch alone, or cannot join one.
+                results[index] = self._execute([_Rows(inputs, rows)])[0]
                 continue
-            group = groups.setdefault(_key(inputs), [])
-            if sum(member.rows for _, member in group) + rows > self._max_rows:
+            group = groups.setdefault(_key(inputs), _Group())
+            if group.rows + rows > self._max_rows:
                 self._run_group(group, results)
-                group.clear()
-            group.append((index, item))
+            group.add(index, _Rows(inputs, rows))
         for group in groups.values():
             self._run_group(group, results)
         return results
 
-    def _run_group(
-        self, group: list[tuple[int, _Item]], results: list[Tensors | BaseException]
-    ) -> None:
-        if group:
-            for (index, _), result in zip(group, self._execute([i for _, i in group]), strict=True):
+    def _run_group(self, group: _Group, results: list[Tensors | BaseException]) -> None:
+        """Run a group's requests as one batch, put each result in its place, empty it."""
+        if group.members:
+            for index, result in zip(group.indices, self._execute(group.members), strict=True):
                 results[index] = result
+        group.clear()
 
     def _idle(self, others_decoding: bool = True) -> bool:
         """Nothing queued, collected or running (nor being decoded), and the model runs inline."""
@@ -226,8 +251,7 @@ class Batcher:
         """Pop the head item and every following compatible one that fits in the batch."""
         first = self._queue.popleft()
         batch = [first]
-        # Its deadline passed while it waited: never run it.
-        if first.future is None or first.future.done():
+        if first.future.done():  # its deadline passed while it waited: never run it
             return []
         if first.rows <= 0 or first.rows >= self._max_rows:
             return batch
@@ -235,7 +259,7 @@ class Batcher:
         kept: deque[_Item] = deque()
         while self._queue and rows < self._max_rows:
             item = self._queue.popleft()
-            if item.future is None or item.future.done():
+            if item.future.done():
                 continue
             if item.key == first.key and item.rows > 0 and rows + item.rows <= self._max_rows:
                 batch.append(item)
@@ -305,13 +329,13 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self._execute, batch)
         except BaseException as exc:  # delivered to every waiting request, never lost
             for item in batch:
-                if item.future is not None and not item.future.done():
+                if not item.future.done():
                     item.future.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         for item, result in zip(batch, results, strict=True):
-            if item.future is None or item.future.done():  # the client went away
+            if item.future.done():  # the client went away
                 continue
             if isinstance(result, BaseException):
                 item.future.set_exception(result)
@@ -324,7 +348,7 @@ class Batcher:
         # must not look like an expensive one and move every run onto the thread.
         self._run_seconds += 0.1 * (cpu_seconds - self._run_seconds)
 
-    def _execute(self, batch: list[_Item]) -> list[Tensors | BaseException]:
+    def _execute(self, batch: Sequence[_Rows]) -> list[Tensors | BaseException]:
         """Run one batch (on the loop or the worker thread) and account its CPU time."""
         started = time.thread_time()
         try:
@@ -332,7 +356,7 @@ class Batcher:
         finally:
             self._account(time.thread_time() - started)
 
-    def _execute_batch(self, batch: list[_Item]) -> list[Tensors | BaseException]:
+    def _execute_batch(self, batch: Sequence[_Rows]) -> list[Tensors | BaseException]:
         """Run one batch, falling back to single runs when it cannot be split."""
         if len(batch) == 1:
             return [self._single(batch[0])]
@@ -358,7 +382,7 @@ class Batcher:
             start = stop
         return results
 
-    def _single(self, item: _Item) -> Tensors | BaseException:
+    def _single(self, item: _Rows) -> Tensors | BaseException:
         return self._run_one(item.inputs, item.rows)
 
     def _run_one(self, inputs: Mapping[str, np.ndarray], rows: int) -> Tensors | BaseException:
