@@ -83,9 +83,7 @@ class DirectInfer:
     def route(self, url: bytes, length: int | None) -> tuple[str, str | None] | None:
         """The model name and version for a ``POST`` to ``url`` this path may answer, else None
         (a query string, an escaped path, no ``Content-Length`` or a large body)."""
-        if length is None or length > self.max_body:
-            return None
-        if not (url.startswith(b"/v2/models/") and url.endswith(b"/infer")) or b"%" in url:
+        if length is None or length > self.max_body or b"%" in url:
             return None
         try:
             return parse_infer_path(url.decode("ascii"))

@@ -65,6 +65,8 @@ async def _method_not_allowed(send: Send, method: str, what: str = "infer") -> N
 
 def parse_infer_path(path: str) -> tuple[str, str | None] | None:
     """The model name and version in an infer route's path (None: not an infer route)."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
     parts = path.split("/")
     # "", "v2", "models", name, "infer"  |  ..., name, "versions", v, "infer"
     if len(parts) == 5:
@@ -89,14 +91,13 @@ class InferenceFastPath:
             send = _closing(send)
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                target = parse_infer_path(path)
-                if target is not None:
-                    if scope["method"] == "POST":
-                        await self._infer(scope, receive, send, *target)
-                    else:
-                        await _method_not_allowed(send, scope["method"])
-                    return
+            target = parse_infer_path(path)
+            if target is not None:
+                if scope["method"] == "POST":
+                    await self._infer(scope, receive, send, *target)
+                else:
+                    await _method_not_allowed(send, scope["method"])
+                return
             if path.startswith("/v2/models/") and path.endswith("/feedback"):
                 parts = path.split("/")
                 if len(parts) == 5:
