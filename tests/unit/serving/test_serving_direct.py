@@ -26,6 +26,13 @@ def _whole(body: bytes = ROW, extra: str = "") -> bytes:
     return _post_head(len(body), extra) + body
 
 
+def _ask(conn: socket.socket, wire: bytes) -> tuple[bytes, bytes]:
+    """Send a request, read its answer: (head, body)."""
+    conn.sendall(wire)
+    head, body, _ = _read_response(conn)
+    return head, body
+
+
 def _status(head: bytes) -> int:
     return int(head.split(b" ", 2)[1])
 
@@ -44,8 +51,7 @@ def test_a_request_sent_whole_is_answered_directly_as_asgi_answers_it(
     server = _forest(start_server, serving_models)
     direct = server.app.direct
     with _connect(server) as conn:
-        conn.sendall(_whole(extra="X-Request-Id: whole-1\r\n"))
-        head, body, _ = _read_response(conn)
+        head, body = _ask(conn, _whole(extra="X-Request-Id: whole-1\r\n"))
         assert direct.taken == 1
         # The same request with its body in a later read goes through ASGI.
         conn.sendall(_post_head(len(ROW), "X-Request-Id: split-1\r\n"))
@@ -137,13 +143,11 @@ def test_slow_models_and_validation_requests_go_through_asgi(
 ) -> None:
     server = _forest(start_server, serving_models)
     with _connect(server) as conn:
-        conn.sendall(_whole(extra="Roost-Source: validation\r\n"))
-        head, _, _ = _read_response(conn)
+        head, _ = _ask(conn, _whole(extra="Roost-Source: validation\r\n"))
         assert _status(head) == 200
         assert server.app.direct.taken == 0
         server.plane.batcher._run_seconds = 1.0  # as the running average of a slow model
-        conn.sendall(_whole())
-        head, _, _ = _read_response(conn)
+        head, _ = _ask(conn, _whole())
     assert _status(head) == 200
     assert server.app.direct.taken == 0
 
@@ -153,18 +157,15 @@ def test_refusals_carry_the_error_body_the_request_id_and_retry_after(
 ) -> None:
     server = _forest(start_server, serving_models, max_queue=1)
     with _connect(server) as conn:
-        conn.sendall(_whole(b'{"inputs": 3}', "X-Request-Id: bad-1\r\n"))
-        head, body, _ = _read_response(conn)
+        head, body = _ask(conn, _whole(b'{"inputs": 3}', "X-Request-Id: bad-1\r\n"))
         assert (_status(head), _header(head, b"x-request-id")) == (400, b"bad-1")
         assert "inputs" in orjson.loads(body)["error"]
-        conn.sendall(_post_head(len(ROW)).replace(b"forest", b"nope") + ROW)
-        head, body, _ = _read_response(conn)
+        head, body = _ask(conn, _post_head(len(ROW)).replace(b"forest", b"nope") + ROW)
         assert _status(head) == 404
         assert "unknown model 'nope'" in orjson.loads(body)["error"]
         server.plane.inflight = 1  # the only place is taken
         try:
-            conn.sendall(_whole())
-            head, body, _ = _read_response(conn)
+            head, body = _ask(conn, _whole())
         finally:
             server.plane.inflight = 0
     assert (_status(head), _header(head, b"retry-after")) == (503, b"1")
@@ -197,8 +198,7 @@ def test_a_client_that_leaves_before_its_answer_loses_nothing_else(
         conn.sendall(_whole())
         conn.close()  # reset at once: the answer finds the connection gone
     with _connect(server) as conn:
-        conn.sendall(_whole())
-        head, _, _ = _read_response(conn)
+        head, _ = _ask(conn, _whole())
     assert _status(head) == 200
     assert server.plane.inflight == 0
 
@@ -250,8 +250,7 @@ def test_a_direct_request_keeps_its_connection_for_the_next_one(
     server = _forest(start_server, serving_models)
     with _connect(server) as conn:
         for i in range(50):
-            conn.sendall(_whole(extra=f"X-Request-Id: k{i}\r\n"))
-            head, body, _ = _read_response(conn)
+            head, body = _ask(conn, _whole(extra=f"X-Request-Id: k{i}\r\n"))
             assert _status(head) == 200
             assert orjson.loads(body)["id"] == f"k{i}"
     assert server.app.direct.taken == 50
@@ -263,8 +262,7 @@ def test_query_strings_and_escaped_paths_go_through_asgi(
 ) -> None:
     server = _forest(start_server, serving_models)
     with _connect(server) as conn:
-        conn.sendall(_whole().replace(b"/v2/models/forest/infer", url, 1))
-        head, _, _ = _read_response(conn)
+        head, _ = _ask(conn, _whole().replace(b"/v2/models/forest/infer", url, 1))
     assert _status(head) == 200
     assert server.app.direct.taken == 0
 
@@ -279,13 +277,11 @@ def test_a_failure_inside_the_direct_path_is_a_500_not_a_parser_400(
 
     monkeypatch.setattr(server.plane.batcher, "run_together", broken)
     with _connect(server) as conn:
-        conn.sendall(_whole(extra="X-Request-Id: ran\r\n"))
-        head, body, _ = _read_response(conn)
+        head, body = _ask(conn, _whole(extra="X-Request-Id: ran\r\n"))
         assert (_status(head), _header(head, b"x-request-id")) == (500, b"ran")
         assert orjson.loads(body) == {"error": "internal error: RuntimeError"}
         monkeypatch.setattr(server.app.direct, "take", broken)
-        conn.sendall(_whole())
-        head, body, _ = _read_response(conn)
+        head, body = _ask(conn, _whole())
     assert _status(head) == 500
     assert orjson.loads(body) == {"error": "internal error"}
     assert server.plane.inflight == 0
